@@ -1,0 +1,1 @@
+"""HTTP edge: the app factory, the one error mapper, shared dependencies and middleware."""

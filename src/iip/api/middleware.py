@@ -1,0 +1,135 @@
+"""Request ids, structured access logs, metrics, security headers and the audit trail of writes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
+
+from iip.api.deps import client_address, get_runtime
+from iip.kernel import audit
+from iip.kernel.auth import Principal
+from iip.kernel.logs import request_id_var
+from iip.kernel.settings import Mode
+
+logger = logging.getLogger("iip.http")
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+    ),
+}
+# FastAPI's interactive docs load Swagger UI from jsdelivr; only /docs and /redoc may do so.
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net"
+)
+
+
+class HttpMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "iip_http_requests", "HTTP requests handled", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "iip_http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=self.registry
+        )
+
+
+def route_template(request: Request) -> str:
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    for candidate in request.app.router.routes:
+        match, _ = candidate.matches(request.scope)
+        if match is Match.FULL:
+            return str(getattr(candidate, "path", "unmatched"))
+    return "unmatched"
+
+
+def outcome_of(status: int) -> str:
+    if status < 400:
+        return "success"
+    if status in (401, 403):
+        return "denied"
+    return "failure"
+
+
+def _record_audit(request: Request, status: int, template: str) -> None:
+    runtime = get_runtime(request)
+    principal: Principal | None = getattr(request.state, "principal", None)
+    object_type, object_id = getattr(request.state, "audit_object", ("", ""))
+    if not object_id and request.path_params:
+        segments = [s for s in template.split("/") if s and not s.startswith("{")]
+        object_type = object_type or (segments[-1] if segments else "")
+        object_id = ",".join(str(v) for v in request.path_params.values())
+    record = audit.AuditRecord(
+        action=f"{request.method} {template}",
+        outcome=outcome_of(status),
+        object_type=object_type,
+        object_id=object_id,
+        detail=f"status={status}",
+        source=client_address(request),
+    )
+    with runtime.db.session() as session:
+        if principal is not None:
+            audit.append(session, principal, record)
+        else:
+            audit.append(session, "anonymous", record)
+
+
+def install_middleware(app: FastAPI, metrics: HttpMetrics) -> None:
+    @app.middleware("http")
+    async def platform_middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        incoming = request.headers.get("x-request-id", "")
+        request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+            elapsed = time.perf_counter() - started
+            template = route_template(request)
+            metrics.requests.labels(request.method, template, str(response.status_code)).inc()
+            metrics.latency.labels(request.method, template).observe(elapsed)
+            response.headers["X-Request-ID"] = request_id
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+            if template in ("/docs", "/redoc"):
+                response.headers["Content-Security-Policy"] = DOCS_CSP
+            settings = get_runtime(request).settings
+            if settings.mode is Mode.PRODUCTION:
+                response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+            if request.method in STATE_CHANGING and template != "unmatched" and not getattr(request.state, "audit_done", False):
+                try:
+                    await run_in_threadpool(_record_audit, request, response.status_code, template)
+                except Exception:
+                    logger.exception("could not write the audit entry for %s %s", request.method, template)
+            logger.info(
+                "%s %s %d",
+                request.method,
+                request.url.path,
+                response.status_code,
+                extra={"method": request.method, "path": request.url.path, "status": response.status_code,
+                       "duration_ms": round(elapsed * 1000, 2), "route": template},
+            )
+            return response
+        finally:
+            request_id_var.reset(token)

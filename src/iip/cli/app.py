@@ -1,0 +1,115 @@
+"""`iip`: the root command. Module command groups are mounted from the registry."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from iip import __version__
+from iip.cli.context import CliState, fail, out_console, state
+from iip.kernel.module import discover_modules
+from iip.kernel.settings import SettingsError, load_settings
+
+app = typer.Typer(
+    name="iip",
+    help="IIP, an open industrial internet platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"iip {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Settings come from IIP_* environment variables (see README)."""
+    try:
+        ctx.obj = CliState(settings=load_settings())
+    except SettingsError as err:
+        raise fail(str(err), code=2) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the database migrations."""
+    from iip.migrations.runner import upgrade
+
+    st = state(ctx)
+    try:
+        upgrade(st.db, revision)
+    except Exception as err:  # noqa: BLE001 - one readable line for any migration failure
+        raise fail(f"migration failed: {type(err).__name__}: {err}") from None
+    out_console.print(f"database at revision {revision} ({st.db.backend})")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Show the applied revision."""
+    from iip.migrations.runner import current_revision
+
+    out_console.print(current_revision(state(ctx).db) or "(empty)")
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    demo: Annotated[bool, typer.Option(help="Create the demo tenant and login once, and load demo data.")] = False,
+    host: Annotated[str | None, typer.Option(help="Override IIP_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override IIP_PORT.")] = None,
+) -> None:
+    """Apply migrations and serve the API and console."""
+    import uvicorn
+
+    from iip.api.app import create_app
+    from iip.kernel.runtime import Runtime
+    from iip.migrations.runner import upgrade
+
+    st = state(ctx)
+    settings = st.settings
+    if host or port:
+        settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    try:
+        upgrade(st.db, "head")
+    except Exception as err:  # noqa: BLE001
+        raise fail(f"cannot prepare the database: {type(err).__name__}: {err}") from None
+    runtime = Runtime.build(settings)
+    if demo:
+        from iip.cli.demo import ensure_demo
+
+        login = ensure_demo(runtime)
+        out_console.print(f"demo login: [bold]{login.username}[/] / [bold]{login.password}[/] (tenant {login.tenant})")
+    url = f"http://{settings.host}:{settings.port}"
+    out_console.print(f"IIP {__version__} on [bold]{url}[/]  (console {url}/ , API docs {url}/docs)")
+    app_ = create_app(runtime=runtime)
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def _mount_modules() -> None:
+    for module in discover_modules():
+        for name, group in module.cli.items():
+            app.add_typer(group, name=name)
+
+
+_mount_modules()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

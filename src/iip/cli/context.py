@@ -1,0 +1,91 @@
+"""What commands share: settings built once, the database, readable errors, audit of CLI actions."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import typer
+from rich.console import Console
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from iip.kernel import audit
+from iip.kernel.db import Database
+from iip.kernel.errors import DomainError
+from iip.kernel.settings import Settings
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+@dataclass
+class CliState:
+    settings: Settings
+    _db: Database | None = field(default=None, repr=False)
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self.settings.ensure_data_dir()
+            self._db = Database(self.settings.effective_database_url)
+        return self._db
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, CliState):
+        raise RuntimeError("the root callback did not build the CLI state")
+    return obj
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one readable line to stderr and return an Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def cli_principal() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+@contextmanager
+def unit_of_work(ctx: typer.Context, action: str | None = None) -> Iterator[Session]:
+    """A transaction for one command; domain and database errors become one-line messages.
+
+    With `action`, a refused command is audited too (in its own transaction, since the command's
+    own one is rolled back).
+    """
+    db = state(ctx).db
+    try:
+        with db.session() as session:
+            yield session
+    except DomainError as err:
+        if action is not None:
+            with db.session() as session:
+                record(session, action, outcome="failure", detail=err.message)
+        raise fail(err.message) from None
+    except OperationalError as err:
+        raise fail(f"database unavailable ({db.engine.url.render_as_string(hide_password=True)}): {err.orig}") from None
+
+
+def record(
+    session: Session, action: str, *, object_type: str = "", object_id: str = "", tenant_id: str | None = None,
+    outcome: str = "success", detail: str = "",
+) -> None:
+    """Append a CLI action to the audit log (inside the command's transaction)."""
+    audit.append(
+        session,
+        cli_principal(),
+        audit.AuditRecord(action=f"cli {action}", outcome=outcome, object_type=object_type, object_id=object_id,
+                          detail=detail, source="cli"),
+        tenant_id=tenant_id,
+    )

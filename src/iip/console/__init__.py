@@ -1,0 +1,1 @@
+"""Web console shell: layout, login, navigation, i18n (zh-CN, en), static assets."""

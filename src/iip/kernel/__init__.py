@@ -1,0 +1,4 @@
+"""Shared kernel: settings, database, errors, bus, auth, audit, module contract.
+
+The kernel imports no context; contexts import the kernel.
+"""

@@ -1,0 +1,153 @@
+"""One typed settings object, built once at start-up and passed in.
+
+No other module reads the environment: contexts receive `Settings` (or their own section of it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+SECRET_KEY_FILE = "secret_key"
+
+
+class Mode(StrEnum):
+    DEV = "dev"
+    PRODUCTION = "production"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class ApiSettings(BaseModel):
+    """HTTP behaviour shared by the API and the console."""
+
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; empty turns CORS off.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Proxy addresses whose X-Forwarded-For is believed."
+    )
+    session_hours: int = Field(default=12, ge=1, le=24 * 30, description="Console session lifetime in hours.")
+
+
+class AuthSettings(BaseModel):
+    """Login policy."""
+
+    lockout_threshold: int = Field(default=5, ge=1, description="Failed logins in a row that lock an account.")
+    lockout_minutes: int = Field(default=15, ge=1, description="How long a locked account stays locked.")
+    min_password_length: int = Field(default=10, ge=8, description="Shortest accepted password.")
+
+
+class Settings(BaseSettings):
+    """All configuration of one IIP process. Environment prefix `IIP_`, nested sections use `__`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IIP_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    mode: Mode = Field(default=Mode.DEV, description="`dev` or `production` (production requires IIP_SECRET_KEY).")
+    data_dir: Path = Field(default=Path("./var"), description="Directory for the SQLite file and local state.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default SQLite file `iip.db` in the data dir.")
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
+    secret_key: SecretStr | None = Field(
+        default=None, description="Key for signing sessions and tokens; generated into the data dir in dev mode."
+    )
+    bus: str = Field(default="memory", description="Event bus: `memory` or a `nats://host:port` URL (JetStream).")
+    log_level: str = Field(default="INFO", description="Logging level.")
+    log_format: LogFormat = Field(default=LogFormat.JSON, description="`json` (structured) or `text`.")
+    default_language: str = Field(default="zh_CN", description="Console language when the user has chosen none.")
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @field_validator("bus")
+    @classmethod
+    def _check_bus(cls, value: str) -> str:
+        if value != "memory" and not value.startswith(("nats://", "tls://")):
+            raise ValueError("must be 'memory' or a nats:// URL")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            url = make_url(value)
+        except ArgumentError as err:
+            raise ValueError(f"not a database URL ({err})") from None
+        if url.get_backend_name() not in {"sqlite", "postgresql"}:
+            raise ValueError(f"unsupported database '{url.get_backend_name()}'; use sqlite:// or postgresql+psycopg://")
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() not in {"psycopg", "psycopg2"}:
+            raise ValueError("PostgreSQL URLs must use the psycopg driver (postgresql+psycopg://...)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return upper
+
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> Settings:
+        if self.mode is Mode.PRODUCTION and self.secret_key is None:
+            raise ValueError("production mode refuses to start without IIP_SECRET_KEY")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            url = make_url(self.database_url)
+            if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg2":
+                return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+            if url.drivername == "postgresql":
+                return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'iip.db').resolve()}"
+
+    def ensure_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def resolved_secret_key(self) -> str:
+        """The signing key: configured, or (dev mode) generated once and kept in the data dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        self.ensure_data_dir()
+        path = self.data_dir / SECRET_KEY_FILE
+        if path.exists():
+            return path.read_text().strip()
+        key = secrets.token_urlsafe(48)
+        path.touch(mode=0o600)
+        path.write_text(key)
+        return key
+
+
+class SettingsError(Exception):
+    """Settings could not be built; the message is one readable line."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and overrides), turning validation errors into one line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = "__".join(str(p) for p in e["loc"]).upper()
+            name = f"IIP_{loc}" if loc else "settings"
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            parts.append(f"{name}: {msg}")
+        raise SettingsError("invalid settings: " + "; ".join(parts)) from None

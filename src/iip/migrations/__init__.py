@@ -1,0 +1,1 @@
+"""Alembic migrations, one linear history for every context; the same on SQLite and PostgreSQL."""

@@ -1,0 +1,123 @@
+"""Shared fixtures: a migrated database on SQLite or the real PostgreSQL, an app, tenants and keys."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from iip.api.app import create_app
+from iip.kernel.auth import AccessService, Role
+from iip.kernel.db import Database
+from iip.kernel.runtime import Runtime
+from iip.kernel.settings import Settings
+from iip.migrations.runner import upgrade
+from tests.services import POSTGRES_URL, require_service
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    url = make_url(POSTGRES_URL)
+    require_service("PostgreSQL", url.host or "127.0.0.1", url.port or 5432)
+    name = f"iip_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'iip.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    with database_url(backend, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "var", database_url=db_url, log_format="text", log_level="WARNING")
+
+
+@pytest.fixture
+def migrated_db(settings: Settings) -> Iterator[Database]:
+    db = Database(settings.effective_database_url)
+    upgrade(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def runtime(settings: Settings, migrated_db: Database) -> Runtime:
+    rt = Runtime.build(settings)
+    rt.db.dispose()
+    rt.db = migrated_db
+    return rt
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    app = create_app(runtime=runtime, configure_logs=False)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@dataclass(frozen=True)
+class TenantFixture:
+    """A tenant with an admin user and one API key per role."""
+
+    id: str
+    name: str
+    admin_user_id: str
+    admin_password: str
+    keys: dict[Role, str]
+
+    def headers(self, role: Role = Role.ADMIN) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+def make_tenant(db: Database, name: str) -> TenantFixture:
+    with db.session() as session:
+        service = AccessService(session)
+        tenant = service.create_tenant(name)
+        password = f"pw-{uuid.uuid4().hex}"
+        user = service.create_user(tenant.id, f"{name}-admin", password, Role.ADMIN)
+        keys = {role: service.create_api_key(tenant.id, role.value, role)[1] for role in Role}
+        return TenantFixture(tenant.id, tenant.name, user.id, password, keys)
+
+
+@pytest.fixture
+def tenant_a(migrated_db: Database) -> TenantFixture:
+    return make_tenant(migrated_db, "tenant-a")
+
+
+@pytest.fixture
+def tenant_b(migrated_db: Database) -> TenantFixture:
+    return make_tenant(migrated_db, "tenant-b")
