@@ -52,7 +52,7 @@ def _role(value: str) -> Role:
 
 def _read_secret(prompt: str) -> str:
     if sys.stdin.isatty():
-        return typer.prompt(prompt, hide_input=True, confirmation_prompt=True)
+        return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=True))
     return sys.stdin.readline().rstrip("\n")
 
 

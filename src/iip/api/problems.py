@@ -57,7 +57,7 @@ CODE_BY_STATUS = {
 def status_for(err: DomainError) -> int:
     for cls in type(err).__mro__:
         if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]  # type: ignore[index]
+            return STATUS_BY_ERROR[cls]
     return 400
 
 

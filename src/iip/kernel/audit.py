@@ -90,10 +90,8 @@ class AuditRecord:
 
 def append(session: Session, principal: Principal | str, record: AuditRecord, *, tenant_id: str | None = None) -> AuditEntry:
     """Append one entry in the caller's transaction (commit it to make it durable)."""
-    if isinstance(principal, Principal):
-        who, tenant = principal.label, tenant_id or principal.tenant_id
-    else:
-        who, tenant = principal, tenant_id
+    who = principal.label if isinstance(principal, Principal) else principal
+    tenant = tenant_id or (principal.tenant_id if isinstance(principal, Principal) else None)
     with _append_lock:
         anchor = session.scalar(select(AuditAnchor).where(AuditAnchor.id == 1).with_for_update())
         if anchor is None:

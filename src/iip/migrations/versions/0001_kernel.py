@@ -106,6 +106,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_kernel_console_session_user_id'), ['user_id'], unique=False)
 
     # ### end Alembic commands ###
+    anchor = sa.table("kernel_audit_anchor", sa.column("id", sa.Integer), sa.column("last_seq", sa.Integer),
+                      sa.column("last_hash", sa.String))
+    op.bulk_insert(anchor, [{"id": 1, "last_seq": 0, "last_hash": "0" * 64}])
 
 
 def downgrade() -> None:
