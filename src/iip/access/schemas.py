@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from iip.kernel.auth import Role
 
@@ -74,7 +74,8 @@ class ApiKeyOut(Orm):
 class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     role: Role = Role.VIEWER
-    expires_at: dt.datetime | None = Field(default=None, description="ISO 8601 with a time zone.")
+    # Aware only: a naive time cannot be compared with the stored UTC times.
+    expires_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone.")
     tenant_id: str | None = Field(default=None, description="Platform operators only; default: your tenant.")
 
 
