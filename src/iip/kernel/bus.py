@@ -173,27 +173,40 @@ class _MemorySubscription(Subscription):
         self._task = task
 
     async def stop(self) -> None:
+        if self._bus.forget(self):
+            self._durable.consumers -= 1
         if self._task.done():
             return
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self._durable.consumers -= 1
 
 
 class MemoryBus(Bus):
     """In-process bus with the same delivery contract as JetStream, minus persistence."""
 
-    def __init__(self, *, dead_letter_history: int = 1000) -> None:
+    def __init__(self, *, dead_letter_history: int = 1000, dedupe_window: int = 10_000) -> None:
         self._durables: dict[tuple[str, str], _Durable] = {}
+        self._subscriptions: set[_MemorySubscription] = set()
         self._closed = False
         self.dead_letters: deque[DeadLetter] = deque(maxlen=dead_letter_history)
+        # Like JetStream's duplicate window: a message id seen recently is not delivered twice.
+        self._recent_ids: dict[str, None] = {}
+        self._dedupe_window = dedupe_window
 
     async def start(self) -> None:
         self._closed = False
 
     async def close(self) -> None:
         self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.stop()
+
+    def forget(self, subscription: _MemorySubscription) -> bool:
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            return True
+        return False
 
     async def ping(self) -> None:
         if self._closed:
@@ -202,6 +215,12 @@ class MemoryBus(Bus):
     async def publish_bytes(self, subject_name: str, data: bytes, *, message_id: str | None = None) -> None:
         if self._closed:
             raise BusError("bus is closed")
+        if message_id is not None:
+            if message_id in self._recent_ids:
+                return
+            self._recent_ids[message_id] = None
+            if len(self._recent_ids) > self._dedupe_window:
+                del self._recent_ids[next(iter(self._recent_ids))]
         msg_id = message_id or uuid.uuid4().hex
         for (subject, _), durable in self._durables.items():
             if subject == subject_name:
@@ -224,7 +243,9 @@ class MemoryBus(Bus):
         task = asyncio.create_task(
             self._consume(subject, handler, state, max_deliver, retry_delay), name=f"bus:{subject.name}:{durable}"
         )
-        return _MemorySubscription(self, state, task)
+        subscription = _MemorySubscription(self, state, task)
+        self._subscriptions.add(subscription)
+        return subscription
 
     async def _consume(
         self, subject: Subject[M], handler: Handler[M], state: _Durable, max_deliver: int, retry_delay: float
@@ -237,6 +258,8 @@ class MemoryBus(Bus):
                 # Taken but not acked: give it back for the next consumer of this durable.
                 state.queue.put_nowait(message)
                 raise
+            except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
+                logger.exception("bus consumer %s/%s failed on %s", subject.name, state.name, message.message_id)
 
     async def _handle(
         self,
@@ -269,7 +292,7 @@ class MemoryBus(Bus):
         letter = dead_letter(state.subject, state.name, message.message_id, reason, message.attempt, message.data)
         self.dead_letters.append(letter)
         logger.error("dead-lettered %s on %s/%s: %s", message.message_id, state.subject, state.name, reason)
-        if state.subject != DEAD_LETTERS.name:
+        if state.subject != DEAD_LETTERS.name and not self._closed:
             await self.publish(DEAD_LETTERS, letter)
 
 
