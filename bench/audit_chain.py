@@ -19,17 +19,19 @@ from sqlalchemy import create_engine, insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Result, best_of, report  # noqa: E402
-from iip.kernel import audit  # noqa: E402
-from iip.kernel.db import Database, utcnow  # noqa: E402
-from iip.migrations.runner import upgrade  # noqa: E402
+from bench.common import Result, best_of, report
+from iip.kernel import audit
+from iip.kernel.db import Database, utcnow
+from iip.migrations.runner import upgrade
 
 
 def chained(db: Database, entries: int) -> None:
     # One transaction per entry, as the API does: each state-changing call appends and commits.
     for i in range(entries):
         with db.session() as session:
-            audit.append(session, "bench:user", audit.AuditRecord(action="POST /api/things", object_id=str(i)), tenant_id="t")
+            audit.append(
+                session, "bench:user", audit.AuditRecord(action="POST /api/things", object_id=str(i)), tenant_id="t"
+            )
 
 
 def plain(db: Database, entries: int) -> None:
@@ -40,8 +42,18 @@ def plain(db: Database, entries: int) -> None:
         with db.session() as session:
             session.execute(
                 insert(table).values(
-                    seq=start + i + 1, at=utcnow(), principal="bench:user", tenant_id="t", action="POST /api/things",
-                    object_type="", object_id=str(i), outcome="success", source="", detail="", prev_hash="", hash="",
+                    seq=start + i + 1,
+                    at=utcnow(),
+                    principal="bench:user",
+                    tenant_id="t",
+                    action="POST /api/things",
+                    object_type="",
+                    object_id=str(i),
+                    outcome="success",
+                    source="",
+                    detail="",
+                    prev_hash="",
+                    hash="",
                 )
             )
 
@@ -58,7 +70,14 @@ def measure(label: str, url: str, entries: int) -> list[Result]:
     base = best_of(3, lambda: plain(db, entries))
     db.dispose()
     return [
-        Result(f"audit_chain ({label})", "appends/s, one commit each", entries / ours, "plain INSERT, no chain", entries / base, "/s")
+        Result(
+            f"audit_chain ({label})",
+            "appends/s, one commit each",
+            entries / ours,
+            "plain INSERT, no chain",
+            entries / base,
+            "/s",
+        )
     ]
 
 

@@ -59,7 +59,14 @@ def report(results: list[Result], *, record: bool = True) -> None:
     for column in ("benchmark", "metric", "ours", "baseline", "baseline value", "ratio"):
         table.add_column(column)
     for r in results:
-        table.add_row(r.benchmark, r.metric, f"{r.ours:,.1f} {r.unit}", r.baseline_name, f"{r.baseline:,.1f} {r.unit}", f"{r.ratio:.2f}")
+        table.add_row(
+            r.benchmark,
+            r.metric,
+            f"{r.ours:,.1f} {r.unit}",
+            r.baseline_name,
+            f"{r.baseline:,.1f} {r.unit}",
+            f"{r.ratio:.2f}",
+        )
     Console(width=160).print(table)
     if not record:
         return

@@ -26,7 +26,7 @@ class BoundedContextsContract(Contract):
         root: str = self.root  # type: ignore[assignment]
         if not module.startswith(root + "."):
             return None
-        return module[len(root) + 1 :].split(".")[0]
+        return module[len(root) + 1 :].split(".", maxsplit=1)[0]
 
     def check(self, graph: Any, verbose: bool) -> ContractCheck:
         root: str = self.root  # type: ignore[assignment]

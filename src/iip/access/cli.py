@@ -39,7 +39,8 @@ def tenant_list(ctx: typer.Context) -> None:
         tenants = AccessService(session).list_tenants()
     table = Table("name", "id", "display name", "active", "created")
     for t in tenants:
-        table.add_row(t.name, t.id, t.display_name, "yes" if t.active else "no", t.created_at.isoformat(timespec="seconds"))
+        created = t.created_at.isoformat(timespec="seconds")
+        table.add_row(t.name, t.id, t.display_name, "yes" if t.active else "no", created)
     out_console.print(table)
 
 
@@ -61,7 +62,9 @@ def user_create(
     ctx: typer.Context,
     username: Annotated[str, typer.Argument(help="Login name.")],
     tenant: Annotated[str, typer.Option("--tenant", help="Tenant name.")],
-    role: Annotated[str, typer.Option("--role", help="admin, engineer, operator, viewer, auditor or platform_operator.")] = "viewer",
+    role: Annotated[
+        str, typer.Option("--role", help="admin, engineer, operator, viewer, auditor or platform_operator.")
+    ] = "viewer",
     display_name: Annotated[str, typer.Option("--display-name")] = "",
 ) -> None:
     """Create a console user; the password is read from stdin (or prompted on a terminal)."""
@@ -128,7 +131,8 @@ def audit_verify(ctx: typer.Context) -> None:
     with unit_of_work(ctx) as session:
         result = audit.verify(session)
     if not result.ok:
-        raise fail(f"audit log broken at entry {result.seq}: {result.problem} ({result.checked} entries intact before it)")
+        intact = f"{result.checked} entries intact before it"
+        raise fail(f"audit log broken at entry {result.seq}: {result.problem} ({intact})")
     out_console.print(f"audit log intact: {result.checked} entries")
 
 

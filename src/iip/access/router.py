@@ -45,7 +45,9 @@ Service = Annotated[AccessService, Depends(_service)]
 @router.get("/me", response_model=MeOut)
 def whoami(principal: CurrentPrincipal) -> MeOut:
     """The principal behind this request."""
-    return MeOut(kind=principal.kind, id=principal.id, name=principal.name, tenant_id=principal.tenant_id, role=principal.role)
+    return MeOut(
+        kind=principal.kind, id=principal.id, name=principal.name, tenant_id=principal.tenant_id, role=principal.role
+    )
 
 
 # tenants
@@ -57,7 +59,9 @@ def list_tenants(actor: ReadAccess, service: Service) -> list[TenantOut]:
     return [TenantOut.model_validate(t) for t in service.list_tenants(actor)]
 
 
-@router.post("/tenants", response_model=TenantOut, status_code=status.HTTP_201_CREATED, responses=problem_responses(409))
+@router.post(
+    "/tenants", response_model=TenantOut, status_code=status.HTTP_201_CREATED, responses=problem_responses(409)
+)
 def create_tenant(body: TenantCreate, actor: PlatformWrite, service: Service, request: Request) -> TenantOut:
     """Create a tenant (an enterprise). Platform operators only."""
     tenant = service.create_tenant(body.name, body.display_name)
@@ -71,8 +75,11 @@ def get_tenant(tenant_id: str, actor: ReadAccess, service: Service) -> TenantOut
 
 
 @router.patch("/tenants/{tenant_id}", response_model=TenantOut, responses=problem_responses(404))
-def update_tenant(tenant_id: str, body: TenantUpdate, actor: AdminAccess, service: Service) -> TenantOut:
+def update_tenant(
+    tenant_id: str, body: TenantUpdate, actor: AdminAccess, service: Service, request: Request
+) -> TenantOut:
     """Rename a tenant (its admins) or (de)activate it (platform operators)."""
+    audit_object(request, "tenant", tenant_id)
     tenant = service.get_tenant(tenant_id, actor)
     if body.display_name is not None:
         tenant.display_name = body.display_name
@@ -90,7 +97,9 @@ def list_users(actor: AdminAccess, service: Service) -> list[UserOut]:
     return [UserOut.model_validate(u) for u in service.list_users(actor)]
 
 
-@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED, responses=problem_responses(404, 409))
+@router.post(
+    "/users", response_model=UserOut, status_code=status.HTTP_201_CREATED, responses=problem_responses(404, 409)
+)
 def create_user(body: UserCreate, actor: AdminAccess, service: Service, request: Request) -> UserOut:
     tenant_id = body.tenant_id if (body.tenant_id and actor.is_platform) else actor.tenant_id
     user = service.create_user(tenant_id, body.username, body.password, body.role, body.display_name, actor=actor)
@@ -104,7 +113,8 @@ def get_user(user_id: str, actor: AdminAccess, service: Service) -> UserOut:
 
 
 @router.patch("/users/{user_id}", response_model=UserOut, responses=problem_responses(404))
-def update_user(user_id: str, body: UserUpdate, actor: AdminAccess, service: Service) -> UserOut:
+def update_user(user_id: str, body: UserUpdate, actor: AdminAccess, service: Service, request: Request) -> UserOut:
+    audit_object(request, "user", user_id)
     user = service.update_user(
         user_id, actor, role=body.role, active=body.active, display_name=body.display_name, password=body.password
     )
@@ -112,8 +122,9 @@ def update_user(user_id: str, body: UserUpdate, actor: AdminAccess, service: Ser
 
 
 @router.post("/users/{user_id}/unlock", response_model=UserOut, responses=problem_responses(404))
-def unlock_user(user_id: str, actor: AdminAccess, service: Service) -> UserOut:
+def unlock_user(user_id: str, actor: AdminAccess, service: Service, request: Request) -> UserOut:
     """Clear a lockout after repeated failed logins."""
+    audit_object(request, "user", user_id)
     return UserOut.model_validate(service.unlock_user(user_id, actor))
 
 
@@ -125,7 +136,9 @@ def list_api_keys(actor: AdminAccess, service: Service) -> list[ApiKeyOut]:
     return [ApiKeyOut.model_validate(k) for k in service.list_api_keys(actor)]
 
 
-@router.post("/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED, responses=problem_responses(404))
+@router.post(
+    "/api-keys", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED, responses=problem_responses(404)
+)
 def create_api_key(body: ApiKeyCreate, actor: AdminAccess, service: Service, request: Request) -> ApiKeyCreated:
     """Create an API key. The response carries the secret once; only its hash is kept."""
     tenant_id = body.tenant_id if (body.tenant_id and actor.is_platform) else actor.tenant_id
@@ -140,9 +153,12 @@ def get_api_key(key_id: str, actor: AdminAccess, service: Service) -> ApiKeyOut:
 
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyOut, responses=problem_responses(404))
-def revoke_api_key(key_id: str, actor: AdminAccess, service: Service) -> ApiKeyOut:
+def revoke_api_key(key_id: str, actor: AdminAccess, service: Service, request: Request) -> ApiKeyOut:
     """Revoke a key at once; it stays listed with its revocation time."""
-    return ApiKeyOut.model_validate(service.revoke_api_key(key_id, actor))
+    audit_object(request, "api_key", key_id)
+    key = service.revoke_api_key(key_id, actor)
+    audit_object(request, "api_key", key.id)  # the path may name the key by its prefix
+    return ApiKeyOut.model_validate(key)
 
 
 # audit
@@ -153,7 +169,7 @@ def list_audit(
     actor: AuditRead,
     session: DbSession,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_seq: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    before_seq: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     action: Annotated[str | None, Query(max_length=200)] = None,
     principal: Annotated[str | None, Query(max_length=200)] = None,
     outcome: Annotated[str | None, Query(max_length=20)] = None,

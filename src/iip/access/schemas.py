@@ -8,6 +8,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from iip.kernel.auth import Role
 
+# PostgreSQL text cannot hold NUL while SQLite can; refusing it here keeps both backends alike.
+NO_NUL = r"^[^\x00]*$"
+
 
 class Orm(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -23,11 +26,11 @@ class TenantOut(Orm):
 
 class TenantCreate(BaseModel):
     name: str = Field(min_length=2, max_length=100, examples=["acme-chem"])
-    display_name: str = Field(default="", max_length=200)
+    display_name: str = Field(default="", max_length=200, pattern=NO_NUL)
 
 
 class TenantUpdate(BaseModel):
-    display_name: str | None = Field(default=None, max_length=200)
+    display_name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     active: bool | None = None
 
 
@@ -48,14 +51,16 @@ class UserCreate(BaseModel):
     username: str = Field(min_length=2, max_length=100)
     password: str = Field(min_length=1, max_length=1024)
     role: Role = Role.VIEWER
-    display_name: str = Field(default="", max_length=200)
-    tenant_id: str | None = Field(default=None, description="Platform operators only; default: your tenant.")
+    display_name: str = Field(default="", max_length=200, pattern=NO_NUL)
+    tenant_id: str | None = Field(
+        default=None, pattern=NO_NUL, description="Platform operators only; default: your tenant."
+    )
 
 
 class UserUpdate(BaseModel):
     role: Role | None = None
     active: bool | None = None
-    display_name: str | None = Field(default=None, max_length=200)
+    display_name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     password: str | None = Field(default=None, min_length=1, max_length=1024)
 
 
@@ -72,11 +77,13 @@ class ApiKeyOut(Orm):
 
 
 class ApiKeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
     role: Role = Role.VIEWER
     # Aware only: a naive time cannot be compared with the stored UTC times.
     expires_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone.")
-    tenant_id: str | None = Field(default=None, description="Platform operators only; default: your tenant.")
+    tenant_id: str | None = Field(
+        default=None, pattern=NO_NUL, description="Platform operators only; default: your tenant."
+    )
 
 
 class ApiKeyCreated(ApiKeyOut):

@@ -14,8 +14,14 @@ class AuditQueryService:
         self.session = session
 
     def page(
-        self, actor: Principal, *, limit: int = 100, before_seq: int | None = None,
-        action: str | None = None, principal: str | None = None, outcome: str | None = None,
+        self,
+        actor: Principal,
+        *,
+        limit: int = 100,
+        before_seq: int | None = None,
+        action: str | None = None,
+        principal: str | None = None,
+        outcome: str | None = None,
     ) -> tuple[list[AuditEntry], int | None]:
         query = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit + 1)
         if not actor.is_platform:

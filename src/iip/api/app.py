@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
@@ -36,13 +36,20 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
+DESCRIPTION = (
+    "Open industrial internet platform: identifiers, connectivity, monitoring, traceability, energy, security."
+)
+
+
 def operation_id(route: APIRoute) -> str:
     """Stable operation ids: `<tag>.<function name>`, e.g. `access.list_users`."""
     tag = route.tags[0] if route.tags else "platform"
     return f"{tag}.{route.name}"
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None, configure_logs: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, runtime: Runtime | None = None, configure_logs: bool = True
+) -> FastAPI:
     if runtime is None:
         if settings is None:
             raise ValueError("create_app needs settings or a runtime")
@@ -66,7 +73,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app = FastAPI(
         title="IIP",
         version=__version__,
-        description="Open industrial internet platform: identifiers, connectivity, monitoring, traceability, energy, security.",
+        description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
         docs_url="/docs",
@@ -75,7 +82,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.runtime = runtime
     metrics = HttpMetrics()
     app.state.metrics = metrics
-    module_up = Gauge("iip_module_healthy", "1 when a module reports healthy", ["module"], registry=metrics.registry)
 
     install_problem_handlers(app)
     install_middleware(app, metrics)
@@ -87,14 +93,32 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
 
-    @app.get("/healthz", tags=["platform"], response_model=Health)
+    app.include_router(platform_router(runtime, metrics))
+
+    for module in runtime.modules:
+        if module.router is not None:
+            app.include_router(module.router)
+
+    from iip.console.app import mount_console
+
+    mount_console(app, runtime)
+
+    install_openapi(app)
+    return app
+
+
+def platform_router(runtime: Runtime, metrics: HttpMetrics) -> APIRouter:
+    """Liveness, readiness and Prometheus metrics."""
+    router = APIRouter(tags=["platform"])
+    module_up = Gauge("iip_module_healthy", "1 when a module reports healthy", ["module"], registry=metrics.registry)
+
+    @router.get("/healthz", response_model=Health)
     async def healthz() -> Health:
         """Liveness: the process answers."""
         return Health(status="ok", version=__version__)
 
-    @app.get(
+    @router.get(
         "/readyz",
-        tags=["platform"],
         response_model=Readiness,
         responses={503: {"model": Readiness, "description": "a dependency is unreachable"}},
     )
@@ -116,7 +140,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             response.status_code = 503
         return Readiness(status="ok" if ready else "unavailable", checks=checks)
 
-    @app.get("/metrics", tags=["platform"], response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def prometheus_metrics(request: Request) -> Response:
         """Prometheus text exposition."""
         for module in runtime.modules:
@@ -128,19 +152,16 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                     module_up.labels(module.name).set(0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    for module in runtime.modules:
-        if module.router is not None:
-            app.include_router(module.router)
+    return router
 
-    from iip.console.app import mount_console
 
-    mount_console(app, runtime)
+def install_openapi(app: FastAPI) -> None:
+    """OpenAPI with the Problem schema, bearer auth, and problem+json error bodies."""
+    from fastapi.openapi.utils import get_openapi
 
     def custom_openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        from fastapi.openapi.utils import get_openapi
-
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {}).setdefault("Problem", Problem.model_json_schema())
@@ -157,4 +178,3 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         return schema
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
-    return app

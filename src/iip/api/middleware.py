@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
 from iip.api.deps import client_address, get_runtime
+from iip.api.problems import problem, unhandled_error_handler
 from iip.kernel import audit
 from iip.kernel.auth import Principal
 from iip.kernel.logs import request_id_var
@@ -65,6 +66,10 @@ def route_template(request: Request) -> str:
     return "unmatched"
 
 
+def _has_nul(request: Request) -> bool:
+    return "\x00" in request.url.path or any("\x00" in k or "\x00" in v for k, v in request.query_params.multi_items())
+
+
 def outcome_of(status: int) -> str:
     if status < 400:
         return "success"
@@ -78,8 +83,11 @@ def _record_audit(request: Request, status: int, template: str) -> None:
     principal: Principal | None = getattr(request.state, "principal", None)
     object_type, object_id = getattr(request.state, "audit_object", ("", ""))
     if not object_id and request.path_params:
-        segments = [s for s in template.split("/") if s and not s.startswith("{")]
-        object_type = object_type or (segments[-1] if segments else "")
+        # The object is named by the segment before its id: /api/users/{user_id}/unlock acts on "users".
+        segments = [s for s in template.split("/") if s]
+        params = [i for i, s in enumerate(segments) if s.startswith("{")]
+        names = [s for s in segments[: params[-1] if params else None] if not s.startswith("{")]
+        object_type = object_type or (names[-1] if names else "")
         object_id = ",".join(str(v) for v in request.path_params.values())
     record = audit.AuditRecord(
         action=f"{request.method} {template}",
@@ -104,7 +112,16 @@ def install_middleware(app: FastAPI, metrics: HttpMetrics) -> None:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         try:
-            response = await call_next(request)
+            response: Response
+            rejected = _has_nul(request)
+            if rejected:
+                # PostgreSQL cannot store or compare NUL; no route has a use for it.
+                response = problem(400, "bad_request", "Bad request", "the URL contains a NUL character")
+            else:
+                try:
+                    response = await call_next(request)
+                except Exception as err:  # noqa: BLE001 - answered here so the 500 gets the request id, headers and audit
+                    response = await unhandled_error_handler(request, err)
             elapsed = time.perf_counter() - started
             template = route_template(request)
             metrics.requests.labels(request.method, template, str(response.status_code)).inc()
@@ -117,7 +134,12 @@ def install_middleware(app: FastAPI, metrics: HttpMetrics) -> None:
             settings = get_runtime(request).settings
             if settings.mode is Mode.PRODUCTION:
                 response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
-            if request.method in STATE_CHANGING and template != "unmatched" and not getattr(request.state, "audit_done", False):
+            if (
+                request.method in STATE_CHANGING
+                and template != "unmatched"
+                and not rejected
+                and not getattr(request.state, "audit_done", False)
+            ):
                 try:
                     await run_in_threadpool(_record_audit, request, response.status_code, template)
                 except Exception:
@@ -127,8 +149,13 @@ def install_middleware(app: FastAPI, metrics: HttpMetrics) -> None:
                 request.method,
                 request.url.path,
                 response.status_code,
-                extra={"method": request.method, "path": request.url.path, "status": response.status_code,
-                       "duration_ms": round(elapsed * 1000, 2), "route": template},
+                extra={
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "route": template,
+                },
             )
             return response
         finally:

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from iip.kernel.errors import (
@@ -64,7 +65,13 @@ def status_for(err: DomainError) -> int:
 def problem(
     status: int, code: str, title: str, detail: str, *, instance: str | None = None, **extra: Any
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": f"urn:iip:problem:{code}", "title": title, "status": status, "detail": detail, "code": code}
+    body: dict[str, Any] = {
+        "type": f"urn:iip:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
     if instance:
         body["instance"] = instance
     request_id = request_id_var.get()
@@ -86,24 +93,31 @@ def _jsonable(value: Any) -> Any:
 
 
 async def domain_error_handler(request: Request, err: Exception) -> JSONResponse:
-    assert isinstance(err, DomainError)
+    if not isinstance(err, DomainError):  # registered for DomainError only
+        raise err
     status = status_for(err)
-    return problem(status, err.instance_code, err.title, err.message, instance=request.url.path, **_jsonable(err.details))
+    return problem(
+        status, err.instance_code, err.title, err.message, instance=request.url.path, **_jsonable(err.details)
+    )
 
 
 async def validation_error_handler(request: Request, err: Exception) -> JSONResponse:
-    assert isinstance(err, RequestValidationError)
+    if not isinstance(err, RequestValidationError):  # registered for RequestValidationError only
+        raise err
     errors = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
         for e in err.errors()
     ]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(first["loc"]) if first["loc"] else "request"
-    return problem(422, "invalid", "Invalid input", f"{where}: {first['msg']}", instance=request.url.path, errors=errors)
+    return problem(
+        422, "invalid", "Invalid input", f"{where}: {first['msg']}", instance=request.url.path, errors=errors
+    )
 
 
 async def http_error_handler(request: Request, err: Exception) -> JSONResponse:
-    assert isinstance(err, StarletteHTTPException)
+    if not isinstance(err, StarletteHTTPException):  # registered for StarletteHTTPException only
+        raise err
     code = CODE_BY_STATUS.get(err.status_code, "error")
     title = code.replace("_", " ").capitalize()
     response = problem(err.status_code, code, title, str(err.detail), instance=request.url.path)
@@ -112,15 +126,29 @@ async def http_error_handler(request: Request, err: Exception) -> JSONResponse:
     return response
 
 
+async def data_error_handler(request: Request, err: Exception) -> JSONResponse:
+    """A value the database refuses (e.g. NUL in PostgreSQL text) is bad input, not a server fault."""
+    cause = err.orig if isinstance(err, DataError) else err
+    logger.warning("database refused a value on %s %s: %s", request.method, request.url.path, cause)
+    return problem(422, "invalid", "Invalid input", "a value was refused by the database", instance=request.url.path)
+
+
 async def unhandled_error_handler(request: Request, err: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(500, "internal_error", "Internal error", "an unexpected error occurred; see the server log", instance=request.url.path)
+    return problem(
+        500,
+        "internal_error",
+        "Internal error",
+        "an unexpected error occurred; see the server log",
+        instance=request.url.path,
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(DataError, data_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
 
 

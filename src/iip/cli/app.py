@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from iip import __version__
-from iip.cli.context import CliState, fail, out_console, state
+from iip.cli.context import CliState, database_problem, fail, out_console, state
 from iip.kernel.module import discover_modules
 from iip.kernel.settings import SettingsError, load_settings
 
@@ -32,23 +32,31 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Settings come from IIP_* environment variables (see README)."""
     try:
         ctx.obj = CliState(settings=load_settings())
     except SettingsError as err:
         raise fail(str(err), code=2) from None
+    # Release pooled connections when the command ends (matters when the CLI runs in-process).
+    ctx.call_on_close(ctx.obj.close)
 
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply the database migrations."""
+    from sqlalchemy.exc import DBAPIError
+
     from iip.migrations.runner import upgrade
 
     st = state(ctx)
     try:
         upgrade(st.db, revision)
+    except DBAPIError as err:
+        raise fail(f"migration failed: {database_problem(st.db, err)}") from None
     except Exception as err:  # noqa: BLE001 - one readable line for any migration failure
         raise fail(f"migration failed: {type(err).__name__}: {err}") from None
     out_console.print(f"database at revision {revision} ({st.db.backend})")
@@ -57,9 +65,16 @@ def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help=
 @db_app.command("current")
 def db_current(ctx: typer.Context) -> None:
     """Show the applied revision."""
+    from sqlalchemy.exc import DBAPIError
+
     from iip.migrations.runner import current_revision
 
-    out_console.print(current_revision(state(ctx).db) or "(empty)")
+    db = state(ctx).db
+    try:
+        revision = current_revision(db)
+    except DBAPIError as err:
+        raise fail(database_problem(db, err)) from None
+    out_console.print(revision or "(empty)")
 
 
 @app.command("run")
@@ -71,6 +86,7 @@ def run(
 ) -> None:
     """Apply migrations and serve the API and console."""
     import uvicorn
+    from sqlalchemy.exc import DBAPIError
 
     from iip.api.app import create_app
     from iip.kernel.runtime import Runtime
@@ -82,6 +98,8 @@ def run(
         settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     try:
         upgrade(st.db, "head")
+    except DBAPIError as err:
+        raise fail(f"cannot prepare the database: {database_problem(st.db, err)}") from None
     except Exception as err:  # noqa: BLE001
         raise fail(f"cannot prepare the database: {type(err).__name__}: {err}") from None
     runtime = Runtime.build(settings)

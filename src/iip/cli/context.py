@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import typer
 from rich.console import Console
-from sqlalchemy.exc import OperationalError
+from rich.markup import escape
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from iip.kernel import audit
@@ -31,9 +32,17 @@ class CliState:
     @property
     def db(self) -> Database:
         if self._db is None:
-            self.settings.ensure_data_dir()
+            try:
+                self.settings.ensure_data_dir()
+            except OSError as err:
+                raise fail(f"cannot use the data dir {self.settings.data_dir} (IIP_DATA_DIR): {err.strerror}") from None
             self._db = Database(self.settings.effective_database_url)
         return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
 
 
 def state(ctx: typer.Context) -> CliState:
@@ -45,8 +54,18 @@ def state(ctx: typer.Context) -> CliState:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one readable line to stderr and return an Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    line = " ".join(message.split())  # driver messages span lines (psycopg adds a hint line)
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def database_problem(db: Database, err: DBAPIError) -> str:
+    """The driver's own message, without SQLAlchemy's statement dump and link."""
+    what = "database unavailable" if isinstance(err, OperationalError) else "database error"
+    message = f"{what} ({db.engine.url.render_as_string(hide_password=True)}): {err.orig}"
+    if getattr(err.orig, "sqlstate", None) == "42P01" or "no such table" in str(err.orig):
+        message += "; run `iip db upgrade` first"
+    return message
 
 
 def cli_principal() -> str:
@@ -73,19 +92,31 @@ def unit_of_work(ctx: typer.Context, action: str | None = None) -> Iterator[Sess
             with db.session() as session:
                 record(session, action, outcome="failure", detail=err.message)
         raise fail(err.message) from None
-    except OperationalError as err:
-        raise fail(f"database unavailable ({db.engine.url.render_as_string(hide_password=True)}): {err.orig}") from None
+    except DBAPIError as err:
+        raise fail(database_problem(db, err)) from None
 
 
 def record(
-    session: Session, action: str, *, object_type: str = "", object_id: str = "", tenant_id: str | None = None,
-    outcome: str = "success", detail: str = "",
+    session: Session,
+    action: str,
+    *,
+    object_type: str = "",
+    object_id: str = "",
+    tenant_id: str | None = None,
+    outcome: str = "success",
+    detail: str = "",
 ) -> None:
     """Append a CLI action to the audit log (inside the command's transaction)."""
     audit.append(
         session,
         cli_principal(),
-        audit.AuditRecord(action=f"cli {action}", outcome=outcome, object_type=object_type, object_id=object_id,
-                          detail=detail, source="cli"),
+        audit.AuditRecord(
+            action=f"cli {action}",
+            outcome=outcome,
+            object_type=object_type,
+            object_id=object_id,
+            detail=detail,
+            source="cli",
+        ),
         tenant_id=tenant_id,
     )

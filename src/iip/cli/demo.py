@@ -41,8 +41,8 @@ def ensure_demo(runtime: Runtime) -> DemoLogin:
             user = service.create_user(tenant.id, DEMO_USER, password, Role.ADMIN, "Demo administrator")
         else:  # the password file was lost: set a new one
             service.update_user(user.id, _system(tenant.id), password=password)
-        audit.append(session, "system:demo", audit.AuditRecord(action="demo.create", object_type="user", object_id=user.id),
-                     tenant_id=tenant.id)
+        record = audit.AuditRecord(action="demo.create", object_type="user", object_id=user.id)
+        audit.append(session, "system:demo", record, tenant_id=tenant.id)
         tenant_id = tenant.id
     path.touch(mode=0o600)
     path.write_text(password + "\n")
@@ -54,4 +54,3 @@ def ensure_demo(runtime: Runtime) -> DemoLogin:
 
 def _system(tenant_id: str) -> Principal:
     return Principal("system", "demo", "demo", tenant_id, Role.PLATFORM_OPERATOR)
-

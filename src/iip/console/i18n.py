@@ -8,13 +8,13 @@ for `pybabel extract -F src/iip/console/babel.cfg -k N_` and for the completenes
 
 from __future__ import annotations
 
+import configparser
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
 from babel.messages.extract import extract_from_dir
-from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
@@ -27,7 +27,9 @@ EXTRACTION_CONFIG = PACKAGE_DIR / "babel.cfg"
 # Language code -> its own name. Autonyms are shown untranslated, as every language switch does.
 LANGUAGES: dict[str, str] = {"zh_CN": "中文", "en": "English"}
 HTML_LANG: dict[str, str] = {"zh_CN": "zh-CN", "en": "en"}
-# Message id functions the Python extractor looks for.
+# `babel.cfg` names extractors by their entry point; resolved here so extraction needs no plugin lookup.
+EXTRACTORS: dict[str, str] = {"jinja2": "jinja2.ext:babel_extract"}
+# Message id functions the extractors look for.
 KEYWORDS: dict[str, None] = {"N_": None, "_": None, "gettext": None}
 
 
@@ -52,34 +54,52 @@ class CatalogueError(Exception):
     pass
 
 
-def compile_po(path: Path, language: str) -> Translations:
-    """Read a `.po` file and compile it to a `.mo` in memory."""
-    with path.open("rb") as po_file:
-        catalog = read_po(po_file, locale=language, domain=DOMAIN)
-    buffer = BytesIO()
-    write_mo(buffer, catalog)
-    buffer.seek(0)
-    return Translations(fp=buffer, domain=DOMAIN)
+@dataclass(frozen=True)
+class Catalogues:
+    """Compiled translations per language, and each catalogue's translated entries."""
+
+    translations: dict[str, Translations]
+    entries: dict[str, dict[str, str]]  # language -> msgid -> translation (non-empty, not fuzzy)
+
+    def has(self, language: str, msgid: str) -> bool:
+        return bool(self.entries.get(language, {}).get(msgid))
 
 
 def catalogue_path(locale_dir: Path, language: str) -> Path:
     return locale_dir / language / "LC_MESSAGES" / f"{DOMAIN}.po"
 
 
-def load_translations(extra_locale_dirs: Sequence[Path] = ()) -> dict[str, Translations]:
-    """One `Translations` per language: the console's catalogue, then each context's merged over it."""
-    result: dict[str, Translations] = {}
+def compile_po(path: Path, language: str) -> tuple[Translations, dict[str, str]]:
+    """Read a `.po` file and compile it to a `.mo` in memory."""
+    with path.open("rb") as po_file:
+        catalog = read_po(po_file, locale=language, domain=DOMAIN)
+    entries = {
+        entry.id: entry.string
+        for entry in catalog
+        if isinstance(entry.id, str) and entry.id and isinstance(entry.string, str) and entry.string and not entry.fuzzy
+    }
+    buffer = BytesIO()
+    write_mo(buffer, catalog)
+    buffer.seek(0)
+    return Translations(fp=buffer, domain=DOMAIN), entries
+
+
+def load_catalogues(extra_locale_dirs: Sequence[Path] = ()) -> Catalogues:
+    """The console's catalogue per language, with each context's catalogue merged over it."""
+    translations: dict[str, Translations] = {}
+    entries: dict[str, dict[str, str]] = {}
     for language in LANGUAGES:
         base = catalogue_path(LOCALE_DIR, language)
         if not base.is_file():
             raise CatalogueError(f"missing console catalogue {base}")
-        translations = compile_po(base, language)
+        translations[language], entries[language] = compile_po(base, language)
         for locale_dir in extra_locale_dirs:
             path = catalogue_path(locale_dir, language)
             if path.is_file():
-                translations.merge(compile_po(path, language))
-        result[language] = translations
-    return result
+                extra, extra_entries = compile_po(path, language)
+                translations[language].merge(extra)
+                entries[language].update(extra_entries)
+    return Catalogues(translations, entries)
 
 
 def module_locale_dir(template_dir: str | None) -> Path | None:
@@ -90,10 +110,23 @@ def module_locale_dir(template_dir: str | None) -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+def extraction_map() -> tuple[list[tuple[str, str]], dict[str, dict[str, str]]]:
+    """`babel.cfg` as babel reads it: sections `[method: pattern]`, their keys the method's options."""
+    parser = configparser.RawConfigParser()
+    with EXTRACTION_CONFIG.open(encoding="utf-8") as config:
+        parser.read_file(config)
+    method_map: list[tuple[str, str]] = []
+    options_map: dict[str, dict[str, str]] = {}
+    for section in parser.sections():
+        method, _, pattern = (part.strip() for part in section.partition(":"))
+        method_map.append((pattern, EXTRACTORS.get(method, method)))
+        options_map[pattern] = dict(parser.items(section))
+    return method_map, options_map
+
+
 def extract_msgids(package_dirs: Iterable[Path]) -> set[str]:
     """Every message id in the templates and Python files of the given package folders."""
-    with EXTRACTION_CONFIG.open(encoding="utf-8") as config:
-        method_map, options_map = parse_mapping_cfg(config, str(EXTRACTION_CONFIG))
+    method_map, options_map = extraction_map()
     found: set[str] = set()
     for directory in package_dirs:
         for _filename, _lineno, msg, _comments, _context in extract_from_dir(

@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, select
+from sqlalchemy import BigInteger, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from iip.kernel.auth import Principal
@@ -27,7 +26,7 @@ GENESIS = "0" * 64
 class AuditEntry(Base):
     __tablename__ = "kernel_audit_entry"
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[dt.datetime] = mapped_column(index=True)
     principal: Mapped[str] = mapped_column(String(200))
     tenant_id: Mapped[str | None] = mapped_column(String(32), index=True)
@@ -47,7 +46,7 @@ class AuditAnchor(Base):
     __tablename__ = "kernel_audit_anchor"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    last_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
     last_hash: Mapped[str] = mapped_column(String(64))
 
 
@@ -71,11 +70,6 @@ def chain_hash(prev_hash: str, entry: AuditEntry) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical(entry)).hexdigest()
 
 
-# SQLite serialises writers per database, but two sessions in one process could both read the same
-# anchor before either writes; this lock closes that window. PostgreSQL uses SELECT ... FOR UPDATE.
-_append_lock = threading.Lock()
-
-
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     """What happened, before it is chained."""
@@ -88,34 +82,40 @@ class AuditRecord:
     source: str = ""
 
 
-def append(session: Session, principal: Principal | str, record: AuditRecord, *, tenant_id: str | None = None) -> AuditEntry:
+def append(
+    session: Session, principal: Principal | str, record: AuditRecord, *, tenant_id: str | None = None
+) -> AuditEntry:
     """Append one entry in the caller's transaction (commit it to make it durable)."""
     who = principal.label if isinstance(principal, Principal) else principal
     tenant = tenant_id or (principal.tenant_id if isinstance(principal, Principal) else None)
-    with _append_lock:
-        anchor = session.scalar(select(AuditAnchor).where(AuditAnchor.id == 1).with_for_update())
-        if anchor is None:
-            anchor = AuditAnchor(id=1, last_seq=0, last_hash=GENESIS)
-            session.add(anchor)
-        entry = AuditEntry(
-            seq=anchor.last_seq + 1,
-            at=utcnow(),
-            principal=who[:200],
-            tenant_id=tenant,
-            action=record.action[:200],
-            object_type=record.object_type[:100],
-            object_id=record.object_id[:200],
-            outcome=record.outcome[:20],
-            source=record.source[:100],
-            detail=record.detail,
-            prev_hash=anchor.last_hash,
-        )
-        entry.hash = chain_hash(anchor.last_hash, entry)
-        session.add(entry)
-        anchor.last_seq = entry.seq
-        anchor.last_hash = entry.hash
-        session.flush()
-        return entry
+    # The database serialises appends: FOR UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite. (A process
+    # lock released before commit deadlocks a transaction that appends twice.) populate_existing: a
+    # session that outlives a commit may still hold the anchor with values other writers have moved on.
+    anchor = session.scalar(
+        select(AuditAnchor).where(AuditAnchor.id == 1).with_for_update().execution_options(populate_existing=True)
+    )
+    if anchor is None:
+        anchor = AuditAnchor(id=1, last_seq=0, last_hash=GENESIS)
+        session.add(anchor)
+    entry = AuditEntry(
+        seq=anchor.last_seq + 1,
+        at=utcnow(),
+        principal=who[:200],
+        tenant_id=tenant,
+        action=record.action[:200],
+        object_type=record.object_type[:100],
+        object_id=record.object_id[:200],
+        outcome=record.outcome[:20],
+        source=record.source[:100],
+        detail=record.detail,
+        prev_hash=anchor.last_hash,
+    )
+    entry.hash = chain_hash(anchor.last_hash, entry)
+    session.add(entry)
+    anchor.last_seq = entry.seq
+    anchor.last_hash = entry.hash
+    session.flush()
+    return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,8 @@ class VerifyResult:
 def iter_entries(session: Session, batch: int = 1000) -> Iterator[AuditEntry]:
     last = 0
     while True:
-        rows = list(session.scalars(select(AuditEntry).where(AuditEntry.seq > last).order_by(AuditEntry.seq).limit(batch)))
+        query = select(AuditEntry).where(AuditEntry.seq > last).order_by(AuditEntry.seq).limit(batch)
+        rows = list(session.scalars(query))
         if not rows:
             return
         yield from rows
@@ -143,9 +144,11 @@ def verify(session: Session) -> VerifyResult:
     checked = 0
     for entry in iter_entries(session):
         if entry.seq != expected_seq:
-            return VerifyResult(False, checked, f"entry {expected_seq} is missing (next present is {entry.seq})", expected_seq)
+            problem = f"entry {expected_seq} is missing (next present is {entry.seq})"
+            return VerifyResult(False, checked, problem, expected_seq)
         if entry.prev_hash != prev_hash:
-            return VerifyResult(False, checked, f"entry {entry.seq} does not follow entry {entry.seq - 1} (removed or reordered)", entry.seq)
+            problem = f"entry {entry.seq} does not follow entry {entry.seq - 1} (removed or reordered)"
+            return VerifyResult(False, checked, problem, entry.seq)
         if chain_hash(prev_hash, entry) != entry.hash:
             return VerifyResult(False, checked, f"entry {entry.seq} was changed (hash mismatch)", entry.seq)
         prev_hash = entry.hash
@@ -155,6 +158,7 @@ def verify(session: Session) -> VerifyResult:
     last_seq, last_hash = (anchor.last_seq, anchor.last_hash) if anchor else (0, GENESIS)
     if last_seq != checked or last_hash != prev_hash:
         if last_seq > checked:
-            return VerifyResult(False, checked, f"entry {checked + 1} is missing (the log ended early; anchor says {last_seq})", checked + 1)
+            problem = f"entry {checked + 1} is missing (the log ended early; anchor says {last_seq})"
+            return VerifyResult(False, checked, problem, checked + 1)
         return VerifyResult(False, checked, f"the anchor does not match entry {checked} (anchor changed)", checked)
     return VerifyResult(True, checked)

@@ -54,7 +54,7 @@ EXPLICIT_ONLY = ("audit.read", "platform.read", "platform.write", "platform.admi
 
 def role_can(role: Role, permission: str) -> bool:
     for pattern in ROLE_GRANTS[role]:
-        if pattern == "*" or pattern == permission:
+        if pattern in ("*", permission):
             return True
         if permission not in EXPLICIT_ONLY and fnmatchcase(permission, pattern):
             return True
@@ -218,7 +218,13 @@ class AccessService:
     # users
 
     def create_user(
-        self, tenant_id: str, username: str, password: str, role: Role, display_name: str = "", actor: Principal | None = None
+        self,
+        tenant_id: str,
+        username: str,
+        password: str,
+        role: Role,
+        display_name: str = "",
+        actor: Principal | None = None,
     ) -> User:
         tenant = self.get_tenant(tenant_id, actor)
         if actor is not None and role is Role.PLATFORM_OPERATOR and not actor.is_platform:
@@ -253,10 +259,19 @@ class AccessService:
         return user
 
     def update_user(
-        self, user_id: str, actor: Principal, *, role: Role | None = None, active: bool | None = None,
-        display_name: str | None = None, password: str | None = None,
+        self,
+        user_id: str,
+        actor: Principal,
+        *,
+        role: Role | None = None,
+        active: bool | None = None,
+        display_name: str | None = None,
+        password: str | None = None,
     ) -> User:
         user = self.get_user(user_id, actor)
+        # Otherwise a tenant admin could reset a platform operator's password and act across tenants.
+        if user.role == Role.PLATFORM_OPERATOR.value and not actor.is_platform:
+            raise Forbidden("only a platform operator can change a platform operator")
         if role is not None:
             if role is Role.PLATFORM_OPERATOR and not actor.is_platform:
                 raise Forbidden("only a platform operator can grant the platform operator role")
@@ -286,7 +301,13 @@ class AccessService:
     # API keys
 
     def create_api_key(
-        self, tenant_id: str, name: str, role: Role, *, expires_at: dt.datetime | None = None, actor: Principal | None = None
+        self,
+        tenant_id: str,
+        name: str,
+        role: Role,
+        *,
+        expires_at: dt.datetime | None = None,
+        actor: Principal | None = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; the secret is returned once and only its hash is stored."""
         tenant = self.get_tenant(tenant_id, actor)
@@ -297,8 +318,13 @@ class AccessService:
         prefix = secrets.token_hex(6)
         secret = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
         key = ApiKey(
-            id=new_id(), tenant_id=tenant.id, name=name.strip()[:100] or "key", prefix=prefix,
-            key_hash=sha256_hex(secret), role=role.value, expires_at=expires_at,
+            id=new_id(),
+            tenant_id=tenant.id,
+            name=name.strip()[:100] or "key",
+            prefix=prefix,
+            key_hash=sha256_hex(secret),
+            role=role.value,
+            expires_at=expires_at,
         )
         self.session.add(key)
         self.session.flush()
@@ -373,7 +399,9 @@ class AccessService:
     def open_session(self, user: User, hours: int) -> tuple[str, ConsoleSession]:
         token = secrets.token_urlsafe(32)
         record = ConsoleSession(
-            id=sha256_hex(token), user_id=user.id, csrf_token=secrets.token_urlsafe(32),
+            id=sha256_hex(token),
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
             expires_at=utcnow() + dt.timedelta(hours=hours),
         )
         self.session.add(record)

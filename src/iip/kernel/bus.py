@@ -258,7 +258,7 @@ class MemoryBus(Bus):
                 # Taken but not acked: give it back for the next consumer of this durable.
                 state.queue.put_nowait(message)
                 raise
-            except Exception:  # noqa: BLE001 - one bad message must not stop the consumer
+            except Exception:
                 logger.exception("bus consumer %s/%s failed on %s", subject.name, state.name, message.message_id)
 
     async def _handle(

@@ -5,17 +5,21 @@ No other module reads the environment: contexts receive `Settings` (or their own
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
+import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-SECRET_KEY_FILE = "secret_key"
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
 
 
 class Mode(StrEnum):
@@ -129,10 +133,18 @@ class Settings(BaseSettings):
         path = self.data_dir / SECRET_KEY_FILE
         if path.exists():
             return path.read_text().strip()
-        key = secrets.token_urlsafe(48)
-        path.touch(mode=0o600)
-        path.write_text(key)
-        return key
+        # Written whole under a temporary name, then linked into place: a reader never sees a partial
+        # key, and of two processes starting at once the first link wins and both use its key.
+        fd, staged = tempfile.mkstemp(dir=self.data_dir, prefix=f".{SECRET_KEY_FILE}.")  # mode 0600
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48))
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(staged)
+        return path.read_text().strip()
 
 
 class SettingsError(Exception):
@@ -143,11 +155,15 @@ def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment (and overrides), turning validation errors into one line."""
     try:
         return Settings(**overrides)
+    except SourceError as err:  # a section or list variable that is not valid JSON
+        match = re.search(r'field "(\w+)"', str(err))
+        name = f"IIP_{match.group(1).upper()}" if match else "an IIP_ variable"
+        detail = f"value is not valid JSON ({err.__cause__})"
+        raise SettingsError(f"invalid settings: {name} (or {name}__...): {detail}") from None
     except ValidationError as err:
         parts = []
         for e in err.errors():
             loc = "__".join(str(p) for p in e["loc"]).upper()
-            name = f"IIP_{loc}" if loc else "settings"
             msg = str(e["msg"]).removeprefix("Value error, ")
-            parts.append(f"{name}: {msg}")
+            parts.append(f"IIP_{loc}: {msg}" if loc else msg)
         raise SettingsError("invalid settings: " + "; ".join(parts)) from None
