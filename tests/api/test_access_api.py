@@ -428,7 +428,7 @@ def test_audit_pages_newest_first(client: TestClient, tenant_a: TenantFixture) -
     assert rest["next_before_seq"] is None
     assert rest["items"][0]["seq"] < first["items"][1]["seq"]
     # The largest accepted cursor works on both engines (PostgreSQL's column is 32-bit).
-    top = client.get("/api/audit", params={"before_seq": 2**31 - 1}, headers=tenant_a.headers(Role.AUDITOR))
+    top = client.get("/api/audit", params={"before_seq": 2**63 - 1}, headers=tenant_a.headers(Role.AUDITOR))
     assert top.status_code == 200, top.text
     assert len(top.json()["items"]) == 3
 
@@ -459,7 +459,7 @@ PROBLEM_CASES = (
     ProblemCase("body not an object", "POST", "/api/api-keys", Role.ADMIN, 422, "invalid", ["name"]),
     ProblemCase("query out of range", "GET", "/api/audit?limit=0", Role.AUDITOR, 422, "invalid"),
     ProblemCase("query not a number", "GET", "/api/audit?before_seq=soon", Role.AUDITOR, 422, "invalid"),
-    ProblemCase("cursor too large", "GET", "/api/audit?before_seq=2147483648", Role.AUDITOR, 422, "invalid"),
+    ProblemCase("cursor too large", "GET", "/api/audit?before_seq=9223372036854775808", Role.AUDITOR, 422, "invalid"),
     # PostgreSQL cannot hold NUL; SQLite could, so both refuse it up front.
     ProblemCase("NUL in the path", "GET", "/api/users/a%00b", Role.ADMIN, 400, "bad_request"),
     ProblemCase("NUL in the query", "GET", "/api/audit?action=a%00b", Role.AUDITOR, 400, "bad_request"),

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from iip.cli.context import err_console, fail, out_console, record, unit_of_work
+from iip.cli.context import err_console, fail, out_console, progress_bar, record, unit_of_work
 from iip.kernel import audit
 from iip.kernel.auth import AccessService, Role
 
@@ -128,8 +128,10 @@ def apikey_list(ctx: typer.Context, tenant: Annotated[str, typer.Option("--tenan
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context) -> None:
     """Check the hash chain; exit 1 naming the first entry changed, removed or reordered."""
-    with unit_of_work(ctx) as session:
-        result = audit.verify(session)
+    with unit_of_work(ctx) as session, progress_bar() as progress:
+        task = progress.add_task("verifying audit chain", total=audit.count(session))
+        result = audit.verify(session, on_progress=lambda done: progress.update(task, completed=done))
+        progress.update(task, completed=result.checked)
     if not result.ok:
         intact = f"{result.checked} entries intact before it"
         raise fail(f"audit log broken at entry {result.seq}: {result.problem} ({intact})")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from iip import __version__
-from iip.cli.context import CliState, database_problem, fail, out_console, state
+from iip.cli.context import CliState, database_problem, err_console, fail, out_console, state
 from iip.kernel.module import discover_modules
 from iip.kernel.settings import SettingsError, load_settings
 
@@ -54,7 +54,8 @@ def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help=
 
     st = state(ctx)
     try:
-        upgrade(st.db, revision)
+        with err_console.status(f"applying migrations to {revision}"):
+            upgrade(st.db, revision)
     except DBAPIError as err:
         raise fail(f"migration failed: {database_problem(st.db, err)}") from None
     except Exception as err:  # noqa: BLE001 - one readable line for any migration failure

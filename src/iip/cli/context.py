@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -119,4 +120,17 @@ def record(
             source="cli",
         ),
         tenant_id=tenant_id,
+    )
+
+
+def progress_bar() -> Progress:
+    """A progress bar on stderr (stdout stays clean for scripts); hidden when stderr is not a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
     )

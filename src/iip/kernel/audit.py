@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, Text, select
+from sqlalchemy import BigInteger, Integer, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from iip.kernel.auth import Principal
@@ -137,8 +137,15 @@ def iter_entries(session: Session, batch: int = 1000) -> Iterator[AuditEntry]:
         last = rows[-1].seq
 
 
-def verify(session: Session) -> VerifyResult:
-    """Walk the chain; name the first entry that was changed, removed or reordered."""
+def count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(AuditEntry)) or 0
+
+
+def verify(session: Session, on_progress: Callable[[int], None] | None = None) -> VerifyResult:
+    """Walk the chain; name the first entry that was changed, removed or reordered.
+
+    `on_progress(checked)` is called every 1,000 entries (for progress bars).
+    """
     prev_hash = GENESIS
     expected_seq = 1
     checked = 0
@@ -154,6 +161,8 @@ def verify(session: Session) -> VerifyResult:
         prev_hash = entry.hash
         expected_seq += 1
         checked += 1
+        if on_progress is not None and checked % 1000 == 0:
+            on_progress(checked)
     anchor = session.get(AuditAnchor, 1)
     last_seq, last_hash = (anchor.last_seq, anchor.last_hash) if anchor else (0, GENESIS)
     if last_seq != checked or last_hash != prev_hash:
