@@ -145,11 +145,13 @@ OBJECT_KINDS: dict[str, ObjectKind] = {
 
 # Other contexts' routes, kept beside their tests. Imported here, after the table's types exist.
 from tests.identifiers.isolation_kinds import IDENTIFIER_KINDS  # noqa: E402
+from tests.identifiers.isolation_kinds import PUBLIC_ROUTES as IDENTIFIER_PUBLIC_ROUTES  # noqa: E402
 from tests.identifiers.isolation_kinds_gs1 import OBJECT_KINDS as GS1_OBJECT_KINDS  # noqa: E402
 from tests.identifiers.isolation_kinds_gs1 import PUBLIC_ROUTES  # noqa: E402
 
 OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in IDENTIFIER_KINDS.items()})
 OBJECT_KINDS.update(GS1_OBJECT_KINDS)
+PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES
 
 
 @pytest.fixture

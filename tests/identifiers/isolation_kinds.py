@@ -40,6 +40,42 @@ def tenant_b_handle(world: World) -> Created:
     return Created({"prefix": prefix, "suffix": suffix}, mark, aliases=({"prefix": prefix, "suffix": suffix.lower()},))
 
 
+def tenant_b_handle_with_attributes(world: World) -> Created:
+    """A handle of tenant B whose attributes carry the marker."""
+    created = tenant_b_handle(world)
+    path = ATTRIBUTES_ROUTE.replace("{suffix:path}", "{suffix}").format_map(created.params)
+    world.as_b("PUT", path, {"template": None, "attributes": {"note": created.marker}})
+    return created
+
+
+ATTRIBUTES_ROUTE = "/api/identifiers/{prefix}/{suffix:path}/attributes"
+# Templates are the same for every tenant: nothing of one tenant is named by these.
+PUBLIC_ROUTES: frozenset[str] = frozenset({"/api/identifier-templates/{name}"})
+
+
+def tenant_b_filing(world: World) -> Created:
+    """A pending filing of tenant B (under a parent prefix homed here); the company name is the marker."""
+    from tests.api.test_tenant_isolation import Created, marker
+
+    mark = marker()
+    parent = f"86.{uuid.uuid4().int % 10**6}"
+    with world.runtime.db.session() as session:
+        HandleService(session).create_prefix(world.tenant_b.id, parent, "node-prefix-secret", actor="test")
+    company = {
+        "name": mark,
+        "credit_code": "91350100M000100Y43",
+        "address": "福州市",
+        "contact_name": "李四",
+        "contact_phone": "0591-0000000",
+        "industry": "C34",
+    }
+    body = {"prefix": f"{parent}.1", "parent": parent, "company": company, "secret": "b-filing-secret"}
+    filing = world.as_b("POST", "/api/filings", body)
+    return Created({"filing_id": filing["id"]}, mark)
+
+
+FILING = "/api/filings/{filing_id}"
+
 REPLACEMENT = {"values": [{"index": 1, "type": "URL", "data": {"format": "string", "value": "https://a.example.com"}}]}
 
 IDENTIFIER_KINDS: dict[str, dict[str, Any]] = {
@@ -51,4 +87,13 @@ IDENTIFIER_KINDS: dict[str, dict[str, Any]] = {
         "control_changes": False,
         "public_read": True,
     },
+    ATTRIBUTES_ROUTE: {
+        "create": tenant_b_handle_with_attributes,
+        "read": ATTRIBUTES_ROUTE,
+        "bodies": {"PUT": {"template": "part", "attributes": {"part_number": "P-1", "supplier": "A"}}},
+    },
+    # Filings: one route each for reading, approving and rejecting.
+    FILING: {"create": tenant_b_filing, "read": FILING},
+    f"{FILING}/approve": {"create": tenant_b_filing, "read": FILING},
+    f"{FILING}/reject": {"create": tenant_b_filing, "read": FILING, "bodies": {"POST": {"reason": "rejected by A"}}},
 }

@@ -17,6 +17,7 @@ from iip.kernel import audit
 from iip.kernel.db import Base, Database
 from iip.kernel.module import discover_modules
 from iip.migrations.runner import alembic_config, current_revision, downgrade, upgrade
+from iip.migrations.schema_filters import include_name
 
 KERNEL_TABLES = {
     "kernel_tenant",
@@ -47,7 +48,9 @@ def tables(db: Database) -> set[str]:
 
 def schema_differences(db: Database, metadata: MetaData) -> list[Any]:
     with db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "render_as_batch": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "render_as_batch": True, "include_name": include_name}
+        )
         return list(compare_metadata(context, metadata))
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from iip.cli.context import fail, out_console, record, unit_of_work
+from iip.identifiers.catalog_cli import import_command, search_command
 from iip.identifiers.codec import (
     ADMIN_INDEX,
     HandleValue,
@@ -19,8 +20,10 @@ from iip.identifiers.codec import (
     parse_value_reference,
     string_value,
 )
+from iip.identifiers.filing_cli import filing_app
 from iip.identifiers.gs1.cli import label_command, parse_command
 from iip.identifiers.service import HandleService
+from iip.identifiers.signing_cli import node_key_command, use_node_key, verify_command
 from iip.kernel.auth import AccessService, Principal, Role
 
 id_app = typer.Typer(help="Identifiers: Handle/IDIS prefixes and handles.", no_args_is_help=True)
@@ -28,6 +31,12 @@ prefix_app = typer.Typer(help="Prefixes homed on this node.", no_args_is_help=Tr
 id_app.add_typer(prefix_app, name="prefix")
 id_app.command("parse")(parse_command)
 id_app.command("label")(label_command)
+id_app.callback()(use_node_key)
+id_app.add_typer(filing_app, name="filing")
+id_app.command("verify")(verify_command)
+id_app.command("node-key")(node_key_command)
+id_app.command("import")(import_command)
+id_app.command("search")(search_command)
 
 # Handles registered here are administered by the prefix's admin group, as HANDLE.NET's tools do.
 OWNER_PERMISSIONS = "011111110011"

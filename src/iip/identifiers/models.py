@@ -27,6 +27,12 @@ class Prefix(Base):
     node_url: Mapped[str] = mapped_column(String(500), default="")  # "" = homed on this node
     status: Mapped[str] = mapped_column(String(20), default="approved")  # pending, approved, rejected
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # filing: company details
+    # Filing (备案): the applicant's chosen admin secret as an argon2 hash until the decision, and the decision.
+    secret_hash: Mapped[str] = mapped_column(String(255), default="")
+    applied_by: Mapped[str] = mapped_column(String(200), default="")
+    decided_by: Mapped[str] = mapped_column(String(200), default="")
+    decided_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

@@ -57,6 +57,7 @@ from iip.identifiers.codec import (
 )
 from iip.identifiers.models import Handle, Prefix
 from iip.identifiers.repository import HandleRepository
+from iip.identifiers.signing import sign_row
 from iip.kernel import audit
 from iip.kernel.auth import Principal, hash_password, new_id, verify_password
 from iip.kernel.db import utcnow
@@ -168,6 +169,11 @@ class HandleService:
             raise Conflict(f"prefix '{prefix}' already exists", code="prefix_exists")
         record = Prefix(id=new_id(), tenant_id=tenant_id, prefix=key)
         self.repo.add_prefix(record)
+        self.create_admin_identity(tenant_id, prefix, hash_password(secret), actor=actor)
+        return record
+
+    def create_admin_identity(self, tenant_id: str, prefix: str, secret_hash: str, *, actor: Principal | str) -> None:
+        """The prefix handle `0.NA/<prefix>` of a prefix, holding the hash of its admin secret."""
         name = parse_handle(f"0.NA/{prefix}")
         if self.repo.exists(name.key):
             raise Conflict(f"handle '{name.handle}' already exists", code="handle_exists")
@@ -175,11 +181,10 @@ class HandleService:
         values = [
             admin_value(ADMIN_INDEX, identity, ALL_PERMISSIONS),
             vlist_value(ADMIN_GROUP_INDEX, [identity]),
-            string_value(SECRET_KEY_INDEX, HS_SECKEY, hash_password(secret), permissions=HIDDEN_VALUE_PERMISSIONS),
+            string_value(SECRET_KEY_INDEX, HS_SECKEY, secret_hash, permissions=HIDDEN_VALUE_PERMISSIONS),
         ]
         self._create_row(name, tenant_id, values, actor)
-        self._audit(actor, "identifiers.prefix.create", key, tenant_id, f"admin identity {identity}")
-        return record
+        self._audit(actor, "identifiers.prefix.create", prefix.lower(), tenant_id, f"admin identity {identity}")
 
     def list_prefixes(self, caller: Caller) -> list[Prefix]:
         if caller is None:
@@ -291,6 +296,7 @@ class HandleService:
             previous = old.get(index)
             value.timestamp = previous.timestamp if previous is not None and previous.same_content(value) else now
         row.values = dump_values(new.values())
+        sign_row(self.session, row)
         row.version += 1
         row.updated_at = utcnow()
         self.session.flush()
@@ -321,6 +327,7 @@ class HandleService:
         new = {i: v for i, v in old.items() if i not in present}
         self._check_changes(caller, row, prefix, old, new)
         row.values = dump_values(new.values())
+        sign_row(self.session, row)
         row.version += 1
         row.updated_at = utcnow()
         self.session.flush()
@@ -369,6 +376,7 @@ class HandleService:
             values=dump_values(stamped),
             version=1,
         )
+        sign_row(self.session, row)
         self.repo.add(row)
         self.repo.record_history(row, "create", actor if isinstance(actor, str) else actor.label)
         return row
@@ -394,8 +402,13 @@ class HandleService:
             and not caller.is_platform
             and prefix.tenant_id != caller.tenant_id
         )
-        if prefix is None or prefix.node_url or prefix.status != "approved" or foreign:
+        if prefix is None or prefix.node_url or foreign:
             raise PrefixNotHomed(f"prefix '{name.owner_prefix}' is not homed on this server")
+        if prefix.status != "approved":
+            # A filing not (yet) approved: its tenant learns why, anyone else gets the answer above.
+            owner = isinstance(caller, Principal)
+            why = f": its filing is {prefix.status}" if owner else ""
+            raise PrefixNotHomed(f"prefix '{name.owner_prefix}' is not homed on this server{why}")
         return prefix
 
     def _require(self, caller: Caller, row: Handle | None, prefix: Prefix, needed: AdminPermission) -> None:

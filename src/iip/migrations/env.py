@@ -11,6 +11,7 @@ import iip.kernel.audit
 import iip.kernel.auth  # noqa: F401 - registers the kernel tables
 from iip.kernel.db import Base, UTCDateTime
 from iip.kernel.module import discover_modules
+from iip.migrations.schema_filters import include_name
 
 discover_modules()  # importing a module registers its tables
 config = context.config
@@ -35,6 +36,7 @@ def run_migrations() -> None:
             render_as_batch=True,
             compare_type=True,
             render_item=render_item,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -7,6 +7,7 @@ The resolver routes (`/01/{gtin}`, `/00/{sscc}`, ...) and `/.well-known/gs1resol
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -234,7 +235,8 @@ def _resolver_endpoint(key: codec.PrimaryKey, *, with_qualifiers: bool) -> Calla
         inspect.Parameter("link_type", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LinkTypeQuery)
     )
     endpoint.__signature__ = inspect.Signature(parameters, return_annotation=Response)  # type: ignore[attr-defined]
-    endpoint.__name__ = f"resolve_{key.name}{'_qualified' if with_qualifiers else ''}"
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key.name).lower()  # operation ids are snake_case: payTo -> pay_to
+    endpoint.__name__ = f"resolve_{snake}{'_qualified' if with_qualifiers else ''}"
     return endpoint
 
 
