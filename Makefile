@@ -32,8 +32,9 @@ typecheck: $(VENV)/.installed-dev
 contracts: $(VENV)/.installed-dev
 	PYTHONPATH=tools $(BIN)/lint-imports
 
+# One worker per core: the suite is dominated by real databases, brokers and subprocesses.
 pytest: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache
