@@ -9,17 +9,14 @@ of tamper evidence. Runs on SQLite always, and on PostgreSQL when IIP_BENCH_POST
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Result, best_of, report
+from bench.common import Result, benchmark_databases, best_of, report
 from iip.kernel import audit
 from iip.kernel.db import Database, utcnow
 from iip.migrations.runner import upgrade
@@ -87,20 +84,8 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        results += measure("SQLite", f"sqlite:///{tmp}/bench.db", args.entries)
-    pg = os.environ.get("IIP_BENCH_POSTGRES_URL")
-    if pg:
-        name = f"iip_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(pg, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            results += measure("PostgreSQL", pg.rsplit("/", 1)[0] + f"/{name}", args.entries)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    for label, url in benchmark_databases():
+        results += measure(label, url, args.entries)
     report(results, record=not args.no_record)
 
 

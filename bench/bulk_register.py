@@ -10,18 +10,15 @@ Registers `--total` identifiers in batches of `--batch`, one transaction per bat
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Result, report
+from bench.common import Result, benchmark_databases, report
 from iip.identifiers import catalog
 from iip.identifiers.models import Handle
 from iip.identifiers.service import HandleService
@@ -112,20 +109,8 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        results += measure("SQLite", f"sqlite:///{tmp}/bench.db", args.total, args.batch)
-    pg = os.environ.get("IIP_BENCH_POSTGRES_URL")
-    if pg:
-        name = f"iip_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(pg, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            results += measure("PostgreSQL", pg.rsplit("/", 1)[0] + f"/{name}", args.total, args.batch)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    for label, url in benchmark_databases():
+        results += measure(label, url, args.total, args.batch)
     report(results, record=not args.no_record)
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +80,28 @@ def report(results: list[Result], *, record: bool = True) -> None:
                 f"| {today} | {r.benchmark} | {r.metric} | {r.ours:,.1f} {r.unit} | {r.baseline_name} | "
                 f"{r.baseline:,.1f} {r.unit} | {r.ratio:.2f} | {machine()} |\n"
             )
+
+
+def benchmark_databases() -> Iterator[tuple[str, str]]:
+    """(label, URL) of each database to measure on: a temporary SQLite file, and a temporary
+    PostgreSQL database when IIP_BENCH_POSTGRES_URL names a server. Both are removed afterwards."""
+    import tempfile
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yield "SQLite", f"sqlite:///{tmp}/bench.db"
+    server = os.environ.get("IIP_BENCH_POSTGRES_URL")
+    if not server:
+        return
+    name = f"iip_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield "PostgreSQL", server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
