@@ -10,59 +10,55 @@ Search uses SQLite FTS5 (`identifiers_handle_fts`) or PostgreSQL's full-text sea
 match as substrings of `search_text` instead, since neither tokenizer splits them into words.
 
 Bulk registration is atomic: every row is checked, all errors are reported with their line
-numbers, and nothing is written unless every row is good. Rows are written with multi-row inserts.
+numbers, and nothing is written unless every row is good. Every row is signed by the node key like
+a single registration (the signing runs in worker processes, see `bulk_signing`), and rows are
+written with multi-row inserts by a writer thread while the next chunk is checked.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
-from sqlalchemy import (
-    JSON,
-    Integer,
-    String,
-    Text,
-    cast,
-    column,
-    event,
-    false,
-    func,
-    insert,
-    literal_column,
-    select,
-    table,
-    text,
-)
-from sqlalchemy.engine import Dialect
+from sqlalchemy import String, cast, event, false, func, literal_column, select, text
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.types import TypeDecorator
 
+from iip.identifiers.bulk_signing import Signatures, sign_many
 from iip.identifiers.codec import (
     ADMIN_GROUP_INDEX,
     ADMIN_INDEX,
+    CONTROL_RE,
     DEFAULT_TTL,
     DEFAULT_VALUE_PERMISSIONS,
     HS_ADMIN,
+    MAX_KEY_LENGTH,
     MAX_VALUE_BYTES,
     NA_PREFIX,
+    PREFIX_RE,
     HandleName,
+    HandleValue,
     parse_handle,
     timestamp,
 )
 from iip.identifiers.models import Handle, Prefix
+from iip.identifiers.signing import node_key_for
 from iip.kernel import audit
 from iip.kernel.auth import Principal
 from iip.kernel.db import utcnow
 from iip.kernel.errors import DomainError, Invalid, NotFound
+
+_T = TypeVar("_T")
 
 TEMPLATE_NAMES = ("product", "batch", "part", "equipment")
 MAX_ATTRIBUTE_BYTES = 64 * 1024
@@ -175,6 +171,65 @@ def _quick_valid(schema: Mapping[str, Any], instance: Any) -> bool:  # noqa: PLR
     return True
 
 
+def _never(_instance: Any) -> bool:
+    return False
+
+
+def _compile_quick(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
+    """`_quick_valid` for one schema, with its keywords read once rather than for every instance."""
+    if not _QUICK_KEYWORDS.issuperset(schema):
+        return _never
+    kinds = schema.get("type")
+    names = [] if kinds is None else [kinds] if isinstance(kinds, str) else list(kinds)
+    if any(n not in _JSON_TYPES for n in names):
+        return _never
+    types = tuple(t for n in names for t in _JSON_TYPES[n]) if kinds is not None else None
+    refuse_bool = kinds is not None and "boolean" not in names
+    min_length, max_length = schema.get("minLength", 0), schema.get("maxLength")
+    pattern = _compiled_pattern(schema["pattern"]) if "pattern" in schema else None
+    fmt = schema.get("format")
+    minimum = schema.get("minimum")
+    required = tuple(schema.get("required", ()))
+    max_properties = schema.get("maxProperties")
+    properties = {name: _compile_quick(sub) for name, sub in schema.get("properties", {}).items()}
+    extra = schema.get("additionalProperties", True)
+    extra_check = _compile_quick(extra) if isinstance(extra, dict) else None
+
+    def check(instance: Any) -> bool:  # noqa: PLR0911, PLR0912
+        if types is not None and ((refuse_bool and isinstance(instance, bool)) or not isinstance(instance, types)):
+            return False
+        if isinstance(instance, str):
+            size = len(instance)
+            if size < min_length or (max_length is not None and size > max_length):
+                return False
+            if pattern is not None and not pattern.search(instance):
+                return False
+            if fmt is not None and not _FORMATS.conforms(instance, fmt):
+                return False
+        elif isinstance(instance, dict):
+            if any(name not in instance for name in required):
+                return False
+            if max_properties is not None and len(instance) > max_properties:
+                return False
+            for name, item in instance.items():
+                sub = properties.get(name)
+                if sub is None:
+                    if extra is False or (extra_check is not None and not extra_check(item)):
+                        return False
+                elif not sub(item):
+                    return False
+        elif minimum is not None and isinstance(instance, int | float) and not isinstance(instance, bool):
+            return bool(instance >= minimum)
+        return True
+
+    return check
+
+
+@cache
+def _quick_check(template_name: str) -> Callable[[Any], bool]:
+    return _compile_quick(template(template_name).schema)
+
+
 def _pointer(error: ValidationError) -> str:
     path = list(error.absolute_path)
     required = error.validator_value
@@ -195,7 +250,7 @@ def attribute_problem(template_name: str | None, attributes: Any) -> tuple[str, 
         return None
     if template_name not in templates():
         return "", f"unknown template '{template_name[:50]}'; expected one of {', '.join(TEMPLATE_NAMES)}"
-    if _quick_valid(template(template_name).schema, attributes):
+    if _quick_check(template_name)(attributes):
         return None
     errors = sorted(_validator(template_name).iter_errors(attributes), key=lambda e: [str(p) for p in e.path])
     if not errors:
@@ -242,8 +297,14 @@ def search_text(handle: str, values: Iterable[Mapping[str, Any]], attributes: Ma
         ):
             parts.append(data["value"])
     parts.extend(_words(attributes or {}))
-    split = [" ".join(WORD_RE.findall(p)) for p in parts]
-    return " ".join(p for p in (*parts, *split) if p)
+    return _joined_search_text(parts)
+
+
+def _joined_search_text(parts: list[str]) -> str:
+    # One regex pass over the joined parts finds the same words as one per part: a space ends a word.
+    text = " ".join(p for p in parts if p)
+    words = " ".join(WORD_RE.findall(text))
+    return f"{text} {words}" if text and words else text
 
 
 @event.listens_for(Handle, "before_insert")
@@ -372,34 +433,6 @@ def url_of(row: Handle) -> str | None:
 # --- bulk registration
 
 
-class SerializedJSON(TypeDecorator[str]):
-    """A JSON column bound from text already serialized (PostgreSQL still casts it to json)."""
-
-    impl = JSON
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-
-_HANDLE_ROWS = table(
-    "identifiers_handle",
-    *(column(name, Text) for name in ("tenant_id", "key", "handle", "prefix", "template", "search_text", "signature")),
-    column("values", SerializedJSON),
-    column("attributes", SerializedJSON),
-    column("version", Integer),
-    column("created_at"),
-    column("updated_at"),
-)
-_HISTORY_ROWS = table(
-    "identifiers_handle_history",
-    *(column(name, Text) for name in ("tenant_id", "key", "change", "principal")),
-    column("values", SerializedJSON),
-    column("version", Integer),
-    column("at"),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class BatchRow:
     """One row to register; `line` is where it stands in its source (array position or file line)."""
@@ -457,12 +490,71 @@ def _admin_value(prefix: str, now: str) -> dict[str, Any]:
     }
 
 
+# Bulk rows are encoded from string templates rather than through pydantic and json.dumps of dicts,
+# which cost more than everything else per row. Each template gives exactly the text of its
+# reference: `json.dumps` of `_string_value` for the stored values, and the value's part of
+# `signing.canonical_record` for the signed bytes (tests hold them to it).
+_ascii_json = json.encoder.encode_basestring_ascii
+_utf8_json = json.encoder.encode_basestring
+
+
+def _stored_string(index: int, value_type: str, data: str, stamp: str) -> str:
+    return (
+        f'{{"index": {index}, "type": {_ascii_json(value_type)}, "data": {{"format": "string", "value": '
+        f'{_ascii_json(data)}}}, "ttl": {DEFAULT_TTL}, "timestamp": "{stamp}", '
+        f'"permissions": "{DEFAULT_VALUE_PERMISSIONS}"}}'
+    )
+
+
+def _signed_string(index: int, value_type: str, data: str, stamp: str) -> str:
+    # Keys sorted; no "permissions": to_wire() leaves the default out.
+    return (
+        f'{{"data":{{"format":"string","value":{_utf8_json(data)}}},"index":{index},'
+        f'"timestamp":"{stamp}","ttl":{DEFAULT_TTL},"type":{_utf8_json(value_type)}}}'
+    )
+
+
+def _signed_record(handle: str, values: Iterable[str]) -> bytes:
+    return f'{{"handle":{_utf8_json(handle)},"values":[{",".join(values)}]}}'.encode()
+
+
+HANDLE_COLUMNS = (
+    "tenant_id",
+    "key",
+    "handle",
+    "prefix",
+    "values",
+    "template",
+    "attributes",
+    "search_text",
+    "signature",
+    "version",
+    "created_at",
+    "updated_at",
+)
+HISTORY_COLUMNS = ("tenant_id", "key", "version", "values", "change", "principal", "at")
+_SIGNATURE = HANDLE_COLUMNS.index("signature")
+CHUNK_ROWS = 1000  # rows checked, signed and written together
+FIRST_CHUNK_ROWS = 250
+# One INSERT per chunk and table: SQLite runs the search index trigger's FTS5 work per statement, so
+# one statement per row (executemany) costs several times more. 1000 x 12 parameters stays within
+# SQLite's (32766 since 3.32) and PostgreSQL's (65535) limits.
+ROWS_PER_INSERT = 1000
+MAX_EXTRA_VALUES = ADMIN_INDEX - 2  # indexes 2..99: the admin value keeps 100
+MAX_CHUNKS_IN_FLIGHT = 4
+
+
 class BulkRegistration:
     """Registers many new handles in one transaction: `add` rows (in chunks), then `finish`.
 
-    Rows are inserted as they arrive while all are good; after the first bad row nothing more is
-    written, the rest are only checked, and `finish` raises `BatchRejected` listing every bad row.
-    The caller then rolls the transaction back.
+    Rows are checked, signed (by the node key, as single registrations are) and inserted in
+    chunks, three at a time in a pipeline: this thread checks and encodes a chunk while worker
+    processes sign the one before and a writer thread inserts the one before that (the database
+    driver releases the GIL while it works, so the insert overlaps the checks). The session is
+    only used by the writer thread until `finish`.
+
+    After the first bad row nothing more is written, the rest are only checked, and `finish`
+    raises `BatchRejected` listing every bad row. The caller then rolls the transaction back.
     """
 
     def __init__(self, session: Session, actor: Principal, *, source: str = "api") -> None:
@@ -474,14 +566,36 @@ class BulkRegistration:
         self.count = 0
         self._seen: set[str] = set()
         self._prefixes: dict[str, Prefix | None] = {}
+        self._prefix_syntax: dict[str, bool] = {}
+        self._admin_values: dict[str, tuple[str, str]] = {}
         self._tenants: set[str] = set()
         self._now = utcnow()
         self._stamp = timestamp(self._now)
-        self._bound_now: Any = None
+        self._key = node_key_for(session)  # None: unsigned, as sign_row does for such a database
+        connection = session.connection()
+        dialect = connection.dialect
+        processor = Handle.__table__.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+        self._bound_now = processor(self._now) if processor else self._now
+        self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._statements: dict[tuple[str, int], str] = {}
+        self._writer: ThreadPoolExecutor | None = None
+        self._in_flight: deque[Future[list[RowError]]] = deque()
+        self._refused = False  # set by the writer thread once a chunk held a taken handle
+        self._chunk_rows = FIRST_CHUNK_ROWS
+
+    def _writer_thread(self) -> ThreadPoolExecutor:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iip-bulk-write")
+        return self._writer
+
+    def _on_writer(self, work: Callable[[], _T]) -> _T:
+        """Run database work on the writer thread, after what was queued before it."""
+        return self._writer_thread().submit(work).result()
 
     def _prefix(self, key: str) -> Prefix | None:
         if key not in self._prefixes:
-            prefix = self.session.scalar(select(Prefix).where(Prefix.prefix == key))
+            query = select(Prefix).where(Prefix.prefix == key)
+            prefix = self._on_writer(lambda: self.session.scalar(query))
             usable = (
                 prefix is not None
                 and not prefix.node_url
@@ -491,121 +605,218 @@ class BulkRegistration:
             self._prefixes[key] = prefix if usable else None
         return self._prefixes[key]
 
-    def _row(self, row: BatchRow) -> dict[str, Any]:
-        """The `identifiers_handle` row to insert; raises DomainError saying what is wrong."""
+    def _well_formed_prefix(self, prefix: str) -> bool:
+        known = self._prefix_syntax.get(prefix)
+        if known is None:
+            known = self._prefix_syntax[prefix] = PREFIX_RE.match(prefix) is not None
+        return known
+
+    def _admin(self, prefix: str) -> tuple[str, str]:
+        """The HS_ADMIN value of a handle under `prefix`: (stored JSON, signed JSON)."""
+        found = self._admin_values.get(prefix)
+        if found is None:
+            value = _admin_value(prefix, self._stamp)
+            wire = HandleValue.model_validate(value).to_wire()
+            signed = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            found = self._admin_values[prefix] = (json.dumps(value), signed)
+        return found
+
+    def _row(self, row: BatchRow) -> tuple[list[Any], bytes]:
+        """The `identifiers_handle` row to insert and the bytes to sign; raises DomainError saying what is wrong."""
         fields = row.fields
         if row.problem is not None:
             raise Invalid(row.problem)
-        handle_text, url = fields.get("handle"), fields.get("url")
-        if not isinstance(handle_text, str) or not handle_text:
+        handle, url = fields.get("handle"), fields.get("url")
+        if not isinstance(handle, str) or not handle:
             raise Invalid("handle is missing")
-        name = parse_handle(handle_text.strip())
-        if name.is_prefix_handle:
+        handle = handle.strip()
+        prefix_text, slash, suffix = handle.partition("/")
+        key = handle.lower()
+        if not (
+            slash
+            and suffix
+            and self._well_formed_prefix(prefix_text)
+            and not CONTROL_RE.search(suffix)
+            and len(key) <= MAX_KEY_LENGTH
+        ):
+            parse_handle(handle)  # raises, saying what is wrong
+        prefix_key = prefix_text.lower()
+        if prefix_key == NA_PREFIX:
             raise Invalid("naming authority handles (0.NA/...) cannot be registered in bulk")
-        prefix = self._prefix(name.prefix_key)
+        prefix = self._prefix(prefix_key)
         if prefix is None:
-            raise Invalid(f"prefix '{name.prefix}' is not homed on this server")
+            raise Invalid(f"prefix '{prefix_text}' is not homed on this server")
         if not isinstance(url, str) or not url.strip():
             raise Invalid("url is missing")
         if len(url.encode()) > MAX_VALUE_BYTES:
             raise Invalid("url is longer than 64 KiB")
-        if name.key in self._seen:
-            raise Invalid(f"handle '{name.handle}' appears twice in the batch")
-        values = [
-            _string_value(1, "URL", url.strip(), self._stamp),
-            *self._extra_values(fields.get("values")),
-            _admin_value(name.prefix, self._stamp),
-        ]
+        if key in self._seen:
+            raise Invalid(f"handle '{handle}' appears twice in the batch")
+        url = url.strip()
+        stamp = self._stamp
+        stored = [_stored_string(1, "URL", url, stamp)]
+        signed = [_signed_string(1, "URL", url, stamp)]
+        extra = fields.get("values")
+        if extra:
+            self._extra_values(extra, stored, signed)
+        admin_stored, admin_signed = self._admin(prefix_text)
+        stored.append(admin_stored)
+        signed.append(admin_signed)
         template_name = fields.get("template") or None
         if template_name is not None and not isinstance(template_name, str):
             raise Invalid("template must be a string")
         attributes = fields.get("attributes")
-        if attributes in (None, ""):
+        if attributes is None or attributes == "":
             attributes = {}
-        problem = attribute_problem(template_name, attributes)
-        if problem is not None:
-            raise Invalid(f"attributes {problem[1]}")
-        self._seen.add(name.key)
-        return {
-            "tenant_id": prefix.tenant_id,
-            "key": name.key,
-            "handle": name.handle,
-            "prefix": name.prefix_key,
-            "values": values,
-            "template": template_name,
-            "attributes": attributes,
-            "search_text": search_text(name.handle, values, attributes),
-            "signature": "",
-            "version": 1,
-            "created_at": self._now,
-            "updated_at": self._now,
-        }
+        attributes_json = _checked_attributes(template_name, attributes)
+        searchable = _joined_search_text([handle, url, *_attribute_words(attributes)])
+        # Encoded before anything is kept: text that is not valid Unicode fails here, on its line.
+        searchable.encode()
+        payload = _signed_record(handle, signed)
+        self._seen.add(key)
+        record = [
+            prefix.tenant_id,
+            key,
+            handle,
+            prefix_key,
+            f"[{', '.join(stored)}]",
+            template_name,
+            attributes_json,
+            searchable,
+            "",
+            1,
+            self._bound_now,
+            self._bound_now,
+        ]
+        return record, payload
 
-    def _extra_values(self, extra: Any) -> list[dict[str, Any]]:
+    def _extra_values(self, extra: Any, stored: list[str], signed: list[str]) -> None:
         """`{"TYPE": "value"}` as string values from index 2."""
-        if not extra:
-            return []
         if not isinstance(extra, Mapping):
             raise Invalid("values must be an object of TYPE: value")
-        values = []
+        if len(extra) > MAX_EXTRA_VALUES:
+            raise Invalid(f"at most {MAX_EXTRA_VALUES} values besides the URL")
         for index, (value_type, data) in enumerate(extra.items(), start=2):
-            if not VALUE_TYPE_RE.match(str(value_type)) or str(value_type).upper() in {"URL", "HS_ADMIN"}:
-                raise Invalid(f"invalid value type '{str(value_type)[:70]}'")
+            type_text = str(value_type)
+            if not VALUE_TYPE_RE.fullmatch(type_text) or type_text.upper() in {"URL", "HS_ADMIN"}:
+                raise Invalid(f"invalid value type '{type_text[:70]}'")
             if not isinstance(data, str | int | float) or len(str(data).encode()) > MAX_VALUE_BYTES:
-                raise Invalid(f"value {value_type} must be a string of at most 64 KiB")
-            values.append(_string_value(index, str(value_type), str(data), self._stamp))
-        return values
+                raise Invalid(f"value {type_text} must be a string of at most 64 KiB")
+            stored.append(_stored_string(index, type_text, str(data), self._stamp))
+            signed.append(_signed_string(index, type_text, str(data), self._stamp))
 
     def add(self, rows: Iterable[BatchRow]) -> None:
-        good: list[tuple[int, dict[str, Any]]] = []
+        try:
+            chunk: list[BatchRow] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) >= self._chunk_rows:
+                    self._prepare(chunk)
+                    chunk = []
+                    # Small chunks first, so the signing workers and the writer start early.
+                    self._chunk_rows = min(self._chunk_rows * 2, CHUNK_ROWS)
+            if chunk:
+                self._prepare(chunk)
+        except BaseException:
+            self._stop()
+            raise
+
+    def _prepare(self, rows: list[BatchRow]) -> None:
+        """Check a chunk here; sign it in the workers and queue it for the writer thread."""
+        lines: list[int] = []
+        records: list[list[Any]] = []
+        payloads: list[bytes] = []
         for row in rows:
             try:
-                good.append((row.line, self._row(row)))
+                record, payload = self._row(row)
             except DomainError as err:
-                handle = row.fields.get("handle")
-                self.errors.append(RowError(row.line, str(handle or "")[:200], err.message))
-        for start in range(0, len(good), INSERT_CHUNK):
-            chunk = good[start : start + INSERT_CHUNK]
-            keys = [record["key"] for _, record in chunk]
-            taken = set(self.session.scalars(select(Handle.key).where(Handle.key.in_(keys))))
-            for line, record in chunk:
-                if record["key"] in taken:
-                    self.errors.append(RowError(line, record["handle"], f"handle '{record['handle']}' already exists"))
-            if not self.errors:
-                self._insert([record for _, record in chunk])
+                self.errors.append(RowError(row.line, str(row.fields.get("handle") or "")[:200], err.message))
+            except UnicodeEncodeError:
+                message = "the row holds text that is not valid Unicode (a lone surrogate)"
+                self.errors.append(RowError(row.line, "", message))
+            else:
+                lines.append(row.line)
+                records.append(record)
+                payloads.append(payload)
+        if not records:
+            return
+        writing = not self.errors  # after a bad row the rest are only checked for taken handles
+        signatures = sign_many(self._key, payloads) if writing and self._key is not None else None
+        self._in_flight.append(self._writer_thread().submit(self._store, lines, records, signatures, writing=writing))
+        while len(self._in_flight) > MAX_CHUNKS_IN_FLIGHT or (self._in_flight and self._in_flight[0].done()):
+            self.errors.extend(self._in_flight.popleft().result())
 
-    def _insert(self, records: list[dict[str, Any]]) -> None:
-        # Rows go to lightweight tables whose JSON columns take text serialized here (once for the
-        # handle and its history row) and whose timestamps are bound once per batch: per-row type
-        # processing was most of the cost of ORM bulk inserts.
+    def _store(
+        self, lines: list[int], records: list[list[Any]], signatures: Signatures | None, *, writing: bool
+    ) -> list[RowError]:
+        """On the writer thread: the chunk's rows whose handles are taken, or else the chunk inserted."""
+        keys = [record[1] for record in records]
+        taken = set(self.session.scalars(select(Handle.key).where(Handle.key.in_(keys))))
+        if taken:
+            self._refused = True
+            return [
+                RowError(line, record[2], f"handle '{record[2]}' already exists")
+                for line, record in zip(lines, records, strict=True)
+                if record[1] in taken
+            ]
+        if writing and not self._refused:
+            if signatures is not None:
+                for record, signature in zip(records, signatures.result(), strict=True):
+                    record[_SIGNATURE] = signature
+            self._insert(records)
+        return []
+
+    def _statement(self, table_name: str, columns: Sequence[str], rows: int) -> str:
+        statement = self._statements.get((table_name, rows))
+        if statement is None:
+            one = f"({', '.join([self._mark] * len(columns))})"
+            names = ", ".join(f'"{c}"' for c in columns)
+            statement = f"INSERT INTO {table_name} ({names}) VALUES {', '.join([one] * rows)}"  # noqa: S608 - constants
+            self._statements[(table_name, rows)] = statement
+        return statement
+
+    def _insert(self, records: list[list[Any]]) -> None:
         connection = self.session.connection()
-        if self._bound_now is None:
-            processor = Handle.__table__.c.created_at.type.bind_processor(connection.dialect)
-            self._bound_now = processor(self._now) if processor else self._now
-        for record in records:
-            record["values"] = json.dumps(record["values"])
-            record["attributes"] = json.dumps(record["attributes"])
-            record["created_at"] = record["updated_at"] = self._bound_now
-        connection.execute(insert(_HANDLE_ROWS), records)
         label = self.actor.label[:200]
-        history = [
-            {
-                "tenant_id": r["tenant_id"],
-                "key": r["key"],
-                "version": 1,
-                "values": r["values"],
-                "change": "create",
-                "principal": label,
-                "at": self._bound_now,
-            }
-            for r in records
-        ]
-        connection.execute(insert(_HISTORY_ROWS), history)
+        for start in range(0, len(records), ROWS_PER_INSERT):
+            part = records[start : start + ROWS_PER_INSERT]
+            sql = self._statement("identifiers_handle", HANDLE_COLUMNS, len(part))
+            connection.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(part)))
+            history = [(r[0], r[1], 1, r[4], "create", label, self._bound_now) for r in part]
+            sql = self._statement("identifiers_handle_history", HISTORY_COLUMNS, len(part))
+            connection.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(history)))
         self.count += len(records)
-        self._tenants.update(r["tenant_id"] for r in records)
+        self._tenants.update(r[0] for r in records)
+
+    def _drain(self) -> None:
+        """Wait for the writer thread's queue; then the session is this thread's again."""
+        try:
+            while self._in_flight:
+                self.errors.extend(self._in_flight[0].result())
+                self._in_flight.popleft()
+        except BaseException:
+            self._stop()
+            raise
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    def close(self) -> None:
+        """Stop the writer thread (what is queued is dropped); for callers that stop before `finish`."""
+        self._stop()
+
+    def _stop(self) -> None:
+        """After a failure: let the writer thread finish what it is doing and drop the rest."""
+        for pending in self._in_flight:
+            pending.cancel()
+        self._in_flight.clear()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._writer = None
 
     def finish(self) -> int:
         """The number of handles registered; raises BatchRejected when any row was wrong."""
+        self._drain()
         if self.errors:
             self.errors.sort(key=lambda e: e.line)
             raise BatchRejected(self.errors)
@@ -621,6 +832,30 @@ class BulkRegistration:
         )
         audit.append(self.session, self.actor, record, tenant_id=tenant_id)
         return self.count
+
+
+def _attribute_words(attributes: Mapping[str, Any]) -> Iterator[str]:
+    # `_words`, with the common case (a flat object of strings) taken without recursion.
+    for item in attributes.values():
+        if type(item) is str:
+            yield item
+        else:
+            yield from _words(item)
+
+
+def _checked_attributes(template_name: str | None, attributes: Any) -> str:
+    """`attributes` as JSON text, once they pass the template; raises Invalid saying what is wrong."""
+    if isinstance(attributes, dict):
+        # ASCII escapes only lengthen the text, so within the limit here is within it as measured.
+        encoded = json.dumps(attributes)
+        if len(encoded) <= MAX_ATTRIBUTE_BYTES and (
+            template_name is None or (template_name in templates() and _quick_check(template_name)(attributes))
+        ):
+            return encoded
+    problem = attribute_problem(template_name, attributes)
+    if problem is not None:
+        raise Invalid(f"attributes {problem[1]}")
+    return json.dumps(attributes)
 
 
 def register_batch(session: Session, rows: Iterable[BatchRow], actor: Principal, *, source: str = "api") -> int:

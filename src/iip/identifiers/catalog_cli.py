@@ -46,11 +46,15 @@ def import_command(
         actor = Principal("cli", "cli", "cli", t.id, Role.ADMIN)
         rows = catalog.csv_rows(src) if kind == "csv" else catalog.json_line_rows(src)
         registration = catalog.BulkRegistration(session, actor, source="cli")
-        with progress_bar() as progress:
-            task = progress.add_task(f"importing {file.name}", total=total)
-            while chunk := list(itertools.islice(rows, IMPORT_CHUNK)):
-                registration.add(chunk)
-                progress.advance(task, len(chunk))
+        try:
+            with progress_bar() as progress:
+                task = progress.add_task(f"importing {file.name}", total=total)
+                while chunk := list(itertools.islice(rows, IMPORT_CHUNK)):
+                    registration.add(chunk)
+                    progress.advance(task, len(chunk))
+        except BaseException:
+            registration.close()  # its writer thread is done with the session before the rollback
+            raise
         try:
             count = registration.finish()
         except catalog.BatchRejected as err:
