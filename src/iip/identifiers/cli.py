@@ -22,13 +22,16 @@ from iip.identifiers.codec import (
 )
 from iip.identifiers.filing_cli import filing_app
 from iip.identifiers.gs1.cli import label_command, parse_command
+from iip.identifiers.hierarchy_cli import delegate_command, resolve_recursively, undelegate_command
 from iip.identifiers.service import HandleService
 from iip.identifiers.signing_cli import node_key_command, use_node_key, verify_command
 from iip.kernel.auth import AccessService, Principal, Role
 
 id_app = typer.Typer(help="Identifiers: Handle/IDIS prefixes and handles.", no_args_is_help=True)
-prefix_app = typer.Typer(help="Prefixes homed on this node.", no_args_is_help=True)
+prefix_app = typer.Typer(help="Prefixes homed on this node, or delegated from it.", no_args_is_help=True)
 id_app.add_typer(prefix_app, name="prefix")
+prefix_app.command("delegate")(delegate_command)
+prefix_app.command("undelegate")(undelegate_command)
 id_app.command("parse")(parse_command)
 id_app.command("label")(label_command)
 id_app.callback()(use_node_key)
@@ -71,10 +74,14 @@ def prefix_list(ctx: typer.Context) -> None:
     with unit_of_work(ctx) as session:
         prefixes = HandleService(session).repo.prefixes(None)
         names = {t.id: t.name for t in AccessService(session).list_tenants()}
-    table = Table("prefix", "tenant", "status", "created")
+    table = Table("prefix", "tenant", "status", "created", "homed at")
     for p in prefixes:
         table.add_row(
-            p.prefix, names.get(p.tenant_id, p.tenant_id), p.status, p.created_at.isoformat(timespec="seconds")
+            p.prefix,
+            names.get(p.tenant_id, p.tenant_id),
+            p.status,
+            p.created_at.isoformat(timespec="seconds"),
+            p.node_url or "this node",
         )
     out_console.print(table)
 
@@ -117,8 +124,14 @@ def resolve(
     handle: Annotated[str, typer.Argument(help="prefix/suffix")],
     value_type: Annotated[list[str] | None, typer.Option("--type", help="Only values of this type.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the Handle REST API JSON.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="From the root node down, following referrals, checking signatures.")
+    ] = False,
 ) -> None:
-    """Resolve a handle's public values."""
+    """Resolve a handle's public values (here, or with --recursive across the node hierarchy)."""
+    if recursive:
+        resolve_recursively(ctx, handle, value_type or [], as_json)
+        return
     with unit_of_work(ctx) as session:
         result = HandleService(session).resolve(parse_handle(handle), None, types=value_type or [])
     if as_json:

@@ -36,6 +36,8 @@ NA_PREFIX = "0.na"  # prefix handles live under 0.NA
 HS_ADMIN = "HS_ADMIN"
 HS_VLIST = "HS_VLIST"
 HS_SECKEY = "HS_SECKEY"
+HS_SITE = "HS_SITE"
+HS_PUBKEY = "HS_PUBKEY"
 ADMIN_INDEX = 100
 ADMIN_GROUP_INDEX = 200
 SECRET_KEY_INDEX = 300
@@ -52,7 +54,9 @@ class ResponseCode(enum.IntEnum):
     VALUES_NOT_FOUND = 200
     VALUE_ALREADY_EXISTS = 201
     INVALID_VALUE = 202
+    RECURSION_LIMIT_EXCEEDED = 6
     SERVER_NOT_RESPONSIBLE = 301
+    SERVICE_REFERRAL = 302
     NOT_AUTHORIZED = 400
     AUTHENTICATION_NEEDED = 402
 
@@ -272,10 +276,59 @@ class ReferenceData(BaseModel):
     index: int = Field(ge=0, le=MAX_INDEX)
 
 
+class SiteAttribute(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    value: str = Field(max_length=2000)
+
+
+class SiteKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["base64"] = "base64"
+    value: str = Field(max_length=2000)
+
+
+class SiteInterface(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: bool = True
+    admin: bool = False
+    protocol: Literal["HTTP", "HTTPS", "TCP", "UDP"]
+    port: int = Field(ge=1, le=65535)
+
+
+class SiteServer(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    server_id: int = Field(default=1, ge=0, alias="serverId")
+    address: str = Field(min_length=1, max_length=255)
+    public_key: SiteKey | None = Field(default=None, alias="publicKey")
+    interfaces: list[SiteInterface] = Field(min_length=1, max_length=16)
+
+
+class SiteData(BaseModel):
+    """An HS_SITE value as HANDLE.NET's site info JSON has it (`siteinfo.json`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    version: int = 1
+    protocol_version: str = Field(default="2.10", alias="protocolVersion", max_length=20)
+    serial_number: int = Field(default=1, ge=0, alias="serialNumber")
+    primary_site: bool = Field(default=True, alias="primarySite")
+    multi_primary: bool = Field(default=False, alias="multiPrimary")
+    attributes: list[SiteAttribute] = Field(default_factory=list, max_length=64)
+    servers: list[SiteServer] = Field(min_length=1, max_length=64)
+
+    def attribute(self, name: str) -> str | None:
+        return next((a.value for a in self.attributes if a.name == name), None)
+
+
 class HandleData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["string", "base64", "hex", "admin", "vlist"]
+    format: Literal["string", "base64", "hex", "admin", "vlist", "site"]
     value: Any
 
 
@@ -352,6 +405,14 @@ def _vlist_data(raw: Any) -> list[dict[str, Any]]:
     return [ref.model_dump() for ref in refs]
 
 
+def _site_data(raw: Any) -> dict[str, Any]:
+    try:
+        site = SiteData.model_validate(raw)
+    except ValidationError as err:
+        raise InvalidValue(f"invalid 'site' value: {_first_error(err)}") from None
+    return site.model_dump(by_alias=True, exclude_none=True)
+
+
 def _check_data(value_type: str, data: HandleData) -> HandleData:
     """Normalise and check a value's data for its format."""
     fmt, raw = data.format, data.value
@@ -362,6 +423,10 @@ def _check_data(value_type: str, data: HandleData) -> HandleData:
         raw = _admin_data(raw)
     elif fmt == "vlist":
         raw = _vlist_data(raw)
+    elif fmt == "site":
+        if not value_type.upper().startswith(HS_SITE):
+            raise InvalidValue("the 'site' format is only for HS_SITE values")
+        raw = _site_data(raw)
     else:
         size = _byte_size(fmt, raw)
     encoded = json.dumps(raw, ensure_ascii=False)

@@ -13,6 +13,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -29,8 +30,10 @@ from iip.identifiers.codec import (
     parse_handle,
     parse_values,
 )
+from iip.identifiers.delegation import ServiceReferral
 from iip.identifiers.schemas import HANDLE_VALUES_BODY, HandleListOut, HandleRecordOut, PrefixListOut
 from iip.identifiers.service import Caller, HandleService
+from iip.identifiers.signing import answer_signature
 from iip.kernel.auth import Principal, Role
 from iip.kernel.errors import DomainError, Forbidden, Unauthenticated
 
@@ -45,6 +48,7 @@ HANDLE_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "authentication needed (402)"),
         (403, "not authorized (400)"),
         (404, "handle not found (100), prefix not homed here (301)"),
+        (307, "the prefix is delegated to another node (302): `Location` and `referral` name it"),
         (409, "handle (101) or value (201) already exists"),
     )
 }
@@ -158,14 +162,20 @@ AuthQuery = Annotated[bool, Query(alias="auth", description="authoritative resol
 def resolve_handle(
     prefix: str,
     suffix: str,
+    request: Request,
     credentials: CallerCredentials,
     session: DbSession,
     types: TypeQuery = [],  # noqa: B006 - FastAPI copies defaults
     index: IndexQuery = [],  # noqa: B006
     public_only: Annotated[bool | None, Query(alias="publicOnly")] = None,
     authoritative: AuthQuery = False,
+    signed: Annotated[bool, Query(description="add the node's Ed25519 `signature` over the values answered")] = False,
 ) -> JSONResponse:
-    """Resolve a handle: all values, or those of the given `type`s and `index`es."""
+    """Resolve a handle: all values, or those of the given `type`s and `index`es.
+
+    A handle under a prefix delegated to another node answers 307 (responseCode 302) with a `Location`
+    on that node and the `referral`: the prefix handle's values (HS_SITE, HS_PUBKEY) and signature.
+    """
     handle = f"{prefix}/{suffix}"
     try:
         name = parse_handle(handle)
@@ -173,12 +183,27 @@ def resolve_handle(
         result = HandleService(session).resolve(
             name, credentials.get(), types=types, indexes=indexes, public_only=public_only
         )
+    except ServiceReferral as ref:
+        return referral_json(ref, handle, request)
     except DomainError as err:
         return problem_json(err, handle)
     values = [v.to_wire() for v in result.values]
+    signature = None
+    if signed and not types and not indexes and result.row is not None:
+        signature = answer_signature(session, result.row, values)
     if not values:
-        return handle_json(200, ResponseCode.VALUES_NOT_FOUND, handle=result.handle, values=[])
-    return handle_json(200, ResponseCode.SUCCESS, handle=result.handle, values=values)
+        return handle_json(200, ResponseCode.VALUES_NOT_FOUND, handle=result.handle, values=[], signature=signature)
+    return handle_json(200, ResponseCode.SUCCESS, handle=result.handle, values=values, signature=signature)
+
+
+def referral_json(ref: ServiceReferral, handle: str, request: Request) -> JSONResponse:
+    """307 to the same resolution on the node homing the prefix; the body says why, Handle-style."""
+    location = f"{ref.referral.node_url}/api/handles/{quote(handle, safe='/')}"
+    if request.url.query:
+        location += f"?{request.url.query}"
+    response = handle_json(307, ref.response_code, handle=handle, message=ref.message, referral=ref.referral.to_wire())
+    response.headers["Location"] = location
+    return response
 
 
 @router.put(

@@ -30,6 +30,10 @@ class HandleRecordOut(BaseModel):
     handle: str | None = Field(default=None, examples=["88.118.8/JXDY2106023"])
     values: list[HandleValueOut] | None = None
     message: str | None = None
+    signature: str | None = Field(default=None, description="with `signed=true`: Ed25519 over the values, base64")
+    referral: dict[str, Any] | None = Field(
+        default=None, description="responseCode 302: the prefix handle (HS_SITE, HS_PUBKEY) and its signature"
+    )
 
 
 class HandleListOut(BaseModel):

@@ -14,7 +14,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from urllib.parse import unquote
 
@@ -55,6 +55,7 @@ from iip.identifiers.codec import (
     timestamp,
     vlist_value,
 )
+from iip.identifiers.delegation import ServiceReferral, find_referral
 from iip.identifiers.models import Handle, Prefix
 from iip.identifiers.repository import HandleRepository
 from iip.identifiers.signing import sign_row
@@ -116,6 +117,7 @@ Caller = Principal | HandleIdentity | None
 class Resolution:
     handle: str
     values: list[HandleValue]
+    row: Handle | None = field(default=None, compare=False, repr=False)  # for the answer's signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +193,10 @@ class HandleService:
             raise AuthenticationNeeded("authentication needed to list prefixes")
         if isinstance(caller, Principal):
             caller.require("identifiers.read")
-            return self.repo.prefixes(None if caller.is_platform else caller.tenant_id)
-        return self.repo.prefixes(caller.tenant_id)
+            prefixes = self.repo.prefixes(None if caller.is_platform else caller.tenant_id)
+        else:
+            prefixes = self.repo.prefixes(caller.tenant_id)
+        return [p for p in prefixes if not p.node_url]  # delegated ones are homed elsewhere
 
     # --- authentication
 
@@ -227,6 +231,9 @@ class HandleService:
     ) -> Resolution:
         row = self.repo.handle(name.key)
         if row is None:
+            referral = find_referral(self.session, name)
+            if referral is not None:
+                raise ServiceReferral(f"prefix '{referral.prefix}' is homed at {referral.node_url}", referral)
             raise HandleNotFound(f"handle '{name.handle}' not found")
         values = select_values(load_values(row.values), types, indexes)
         asked_for_all = public_only is False
@@ -237,11 +244,11 @@ class HandleService:
                 raise AuthenticationNeeded("authentication needed to read values that are not public")
             if self._may_read(caller, row):
                 visible = [v for v in values if v.value_permissions.admin_read or v.value_permissions.public_read]
-                return Resolution(row.handle, visible)
+                return Resolution(row.handle, visible, row)
             if asked_for_all and any(not v.value_permissions.public_read for v in values):
                 # Only when asked for explicitly (publicOnly=false); by default a caller sees what it may.
                 raise NotAuthorized(f"no permission to read the values of '{row.handle}' that are not public")
-        return Resolution(row.handle, [v for v in values if v.value_permissions.public_read])
+        return Resolution(row.handle, [v for v in values if v.value_permissions.public_read], row)
 
     def _may_read(self, caller: Principal | HandleIdentity, row: Handle) -> bool:
         if isinstance(caller, Principal):

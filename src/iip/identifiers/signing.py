@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -84,9 +85,10 @@ class NodeKey:
 # --- the key file
 
 
-def _create_key_file(path: Path) -> None:
+def _create_key_file(path: Path, *, replace: bool = False) -> None:
     # As Settings.resolved_secret_key: written whole under a temporary name (mkstemp: mode 0600),
     # then linked into place, so a reader never sees a partial key and the first of two writers wins.
+    # A rotation renames over the old file instead, which is atomic too.
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -94,36 +96,95 @@ def _create_key_file(path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(pem)
+        if replace:
+            os.replace(staged, path)
+            return
         with suppress(FileExistsError):
             os.link(staged, path)
     finally:
-        os.unlink(staged)
+        with suppress(FileNotFoundError):
+            os.unlink(staged)
 
 
 def key_path(settings: Settings) -> Path:
     return settings.data_dir / NODE_KEY_FILE
 
 
-_loaded: dict[Path, NodeKey] = {}
+# Keyed by path, and checked against the file's identity, so a key rotated by `iip id node-key
+# --rotate` in another process is picked up by a running server on its next write.
+_loaded: dict[Path, tuple[tuple[int, int], NodeKey]] = {}
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def load_node_key(settings: Settings, *, create: bool | None = None) -> NodeKey:
     """The node's key from the data dir; created there if missing (by default in dev mode only)."""
     path = key_path(settings).resolve()
+    identity = _file_identity(path)
     cached = _loaded.get(path)
-    if cached is not None:
-        return cached
-    if not path.exists():
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    if identity is None:
         if not (settings.mode is Mode.DEV if create is None else create):
             raise Unavailable(f"no node signing key at {path}; create one with `iip id node-key`", code="no_node_key")
         settings.ensure_data_dir()
         _create_key_file(path)
+        identity = _file_identity(path)
     private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(private_key, Ed25519PrivateKey):
         raise Unavailable(f"{path} does not hold an Ed25519 private key", code="no_node_key")
     key = NodeKey(private_key)
-    _loaded[path] = key
+    if identity is not None:
+        _loaded[path] = (identity, key)
     return key
+
+
+RETIRED_SUFFIX = ".retired"
+
+
+def rotate_node_key(settings: Settings) -> tuple[NodeKey | None, NodeKey]:
+    """A new node key in place of the old one, which is kept beside it as `<file>.<key id>.retired`."""
+    path = key_path(settings).resolve()
+    old = load_node_key(settings, create=False) if path.exists() else None
+    settings.ensure_data_dir()
+    if old is not None:
+        retired = path.with_name(f"{NODE_KEY_FILE}.{old.key_id}{RETIRED_SUFFIX}")
+        with suppress(FileExistsError):
+            os.link(path, retired)
+    _create_key_file(path, replace=True)
+    return old, load_node_key(settings, create=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Resigned:
+    resigned: int
+    skipped: list[str]  # failed the old key's check: left as they are rather than vouched for
+
+
+RESIGN_BATCH = 500
+
+
+def resign_records(session: Session, old: NodeKey | None, new: NodeKey) -> Resigned:
+    """Sign every record again with `new`; only those the `old` key still vouches for (all if unsigned before)."""
+    ids = list(session.scalars(select(Handle.id).order_by(Handle.id)))
+    done, skipped = 0, []
+    for start in range(0, len(ids), RESIGN_BATCH):
+        rows = session.scalars(select(Handle).where(Handle.id.in_(ids[start : start + RESIGN_BATCH])))
+        for row in rows:
+            if old is not None and row.signature and not verify_row(old, row).ok:
+                skipped.append(row.handle)
+                continue
+            row.signature = new.sign(canonical_record(row.handle, row.values))
+            done += 1
+        session.flush()
+        session.expunge_all()
+    return Resigned(done, skipped)
 
 
 # --- which key signs for which database
@@ -199,6 +260,22 @@ def verify_row(key: NodeKey, row: Handle) -> Verification:
     if not key.verifies(payload, signature):
         return result(False, "the signature does not match the record: changed after signing, or signed by another key")
     return result(True, "signed by this node")
+
+
+def answer_signature(session: Session, row: Handle, shown: list[dict[str, Any]]) -> str:
+    """The signature to send with an answer showing `shown` (wire values) of `row`.
+
+    The whole record: the stored signature. Fewer values (some not public): a signature over the
+    values shown, made now, but only if the stored signature still holds, so a record changed in
+    the database is not vouched for; otherwise the stored signature, which then fails.
+    """
+    stored_wire = [v.to_wire() for v in sorted(load_values(row.values), key=lambda v: v.index)]
+    if shown == stored_wire or not row.signature:
+        return row.signature
+    key = node_key_for(session)
+    if key is None or not verify_row(key, row).ok:
+        return row.signature
+    return key.sign(canonical_record(row.handle, shown))
 
 
 def verify_handle(session: Session, key: NodeKey, name: HandleName) -> Verification:

@@ -50,6 +50,56 @@ class AuthSettings(BaseModel):
     min_password_length: int = Field(default=10, ge=8, description="Shortest accepted password.")
 
 
+class NodeRole(StrEnum):
+    """Where an identifier node sits in the IDIS hierarchy: root -> secondary (industry) -> enterprise."""
+
+    ROOT = "root"
+    SECONDARY = "secondary"
+    ENTERPRISE = "enterprise"
+
+
+def _base_url(value: str) -> str:
+    """An http(s) URL with a host, without a trailing slash; "" stays unset."""
+    value = value.strip().rstrip("/")
+    if value and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+        raise ValueError("must be an http:// or https:// URL such as https://idis.example.com")
+    return value
+
+
+class IdentifierSettings(BaseModel):
+    """This node's place in the identifier hierarchy, and the recursive resolver."""
+
+    role: NodeRole = Field(
+        default=NodeRole.SECONDARY,
+        description="`root`, `secondary` or `enterprise`; enterprise nodes home prefixes but do not delegate.",
+    )
+    base_url: str = Field(default="", description="This node's public base URL, as other nodes and clients reach it.")
+    root_url: str = Field(
+        default="", description="Base URL of the root node resolution starts from; empty: start at this node."
+    )
+    root_public_key: str = Field(
+        default="", description="The root node's Ed25519 public key (raw, base64) to pin; empty: trust on first use."
+    )
+    resolver_cache_size: int = Field(default=10_000, ge=0, description="Answers the recursive resolver keeps.")
+    resolver_max_ttl: int = Field(default=86_400, ge=0, description="Longest a resolver answer is cached, in seconds.")
+    resolver_negative_ttl: int = Field(default=60, ge=0, description="How long 'not found' is cached, in seconds.")
+    resolver_timeout: float = Field(default=5.0, gt=0, le=120, description="Timeout of each upstream request, seconds.")
+    resolver_max_depth: int = Field(default=8, ge=1, le=32, description="Most referrals followed for one handle.")
+
+    @field_validator("base_url", "root_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return _base_url(value)
+
+    @field_validator("root_public_key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.match(r"^[A-Za-z0-9+/]{43}=$", value):
+            raise ValueError("must be a raw 32-byte Ed25519 public key in base64 (44 characters)")
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration of one IIP process. Environment prefix `IIP_`, nested sections use `__`."""
 
@@ -74,6 +124,7 @@ class Settings(BaseSettings):
     default_language: str = Field(default="zh_CN", description="Console language when the user has chosen none.")
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    identifiers: IdentifierSettings = Field(default_factory=IdentifierSettings)
 
     @field_validator("bus")
     @classmethod
