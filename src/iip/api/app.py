@@ -78,6 +78,8 @@ def create_app(
         generate_unique_id_function=operation_id,
         docs_url="/docs",
         redoc_url=None,
+        # Metrics are Prometheus' (/metrics); FastAPI's OpenTelemetry hook costs a check per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     metrics = HttpMetrics()
@@ -93,6 +95,11 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
 
+    for module in runtime.modules:
+        for layer in module.asgi_layers:
+            # Outermost, so such a layer sees requests first and adds what the platform middleware would.
+            app.add_middleware(layer, runtime)
+
     app.include_router(platform_router(runtime, metrics))
 
     for module in runtime.modules:
@@ -104,6 +111,16 @@ def create_app(
     mount_console(app, runtime)
 
     install_openapi(app)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app from IIP_* settings: what each server worker process builds (`iip run --workers`)."""
+    from iip.kernel.settings import load_settings
+
+    app = create_app(load_settings())
+    # As `iip run` asks uvicorn (access_log=False): the platform middleware logs each request once.
+    logging.getLogger("uvicorn.access").propagate = False
     return app
 
 

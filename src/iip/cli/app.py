@@ -84,6 +84,14 @@ def run(
     demo: Annotated[bool, typer.Option(help="Create the demo tenant and login once, and load demo data.")] = False,
     host: Annotated[str | None, typer.Option(help="Override IIP_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Override IIP_PORT.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port (one per core); each builds its own app, "
+            "so events cross workers only on a shared bus (IIP_BUS=nats://...).",
+        ),
+    ] = 1,
 ) -> None:
     """Apply migrations and serve the API and console."""
     import uvicorn
@@ -111,6 +119,21 @@ def run(
         out_console.print(f"demo login: [bold]{login.username}[/] / [bold]{login.password}[/] (tenant {login.tenant})")
     url = f"http://{settings.host}:{settings.port}"
     out_console.print(f"IIP {__version__} on [bold]{url}[/]  (console {url}/ , API docs {url}/docs)")
+    if workers > 1:
+        runtime.db.dispose()
+        uvicorn.run(
+            "iip.api.app:app_from_environment",
+            factory=True,
+            workers=workers,
+            # A new worker answers the supervisor only once Python and uvicorn are loaded; uvicorn's
+            # 5 s default restarts workers in a loop on a busy machine.
+            timeout_worker_healthcheck=60,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+        )
+        return
     app_ = create_app(runtime=runtime)
     uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None, access_log=False)
 

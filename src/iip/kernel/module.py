@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import typer
     from fastapi import APIRouter
+    from starlette.types import ASGIApp
 
     from iip.kernel.runtime import Runtime
 
@@ -43,6 +44,9 @@ class HealthReport:
 Lifespan = Callable[["Runtime"], AbstractAsyncContextManager[None]]
 HealthCheck = Callable[["Runtime"], HealthReport]
 DemoLoader = Callable[["Runtime", str], None]  # (runtime, demo tenant id)
+# An ASGI layer put in front of the platform's middleware, for a hot path that cannot afford routing
+# and dependencies: given the app to pass the rest to and the runtime, it returns the wrapping app.
+AsgiLayer = Callable[["ASGIApp", "Runtime"], "ASGIApp"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Module:
     demo: DemoLoader | None = None
     permissions: Sequence[str] = ()
     template_dir: str | None = None
+    asgi_layers: Sequence[AsgiLayer] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,343 @@
+"""The hot path of identifier resolution: anonymous `GET /api/handles/{prefix}/{suffix}` in pure ASGI.
+
+Routing, dependency injection and the ORM cost several times what a resolution is worth, so the
+common request (no credentials, no cookie, at most `type`, `index`, `publicOnly=true` and `auth`)
+is answered here from one primary-key read of `identifiers_handle.key`, with the body, status and
+headers the Handle router and the platform middleware give it, and counted in the same metrics.
+Anything else (credentials, other parameters, an unknown handle, a value stored in an unusual shape,
+any error) passes untouched to the full application, which stays the one place for those answers.
+Nothing is cached: every answer reflects the committed row, whichever worker wrote it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+import orjson
+from sqlalchemy.exc import DBAPIError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from iip.api.middleware import REQUEST_ID_RE, SECURITY_HEADERS
+from iip.identifiers.codec import (
+    CONTROL_RE,
+    DEFAULT_TTL,
+    DEFAULT_VALUE_PERMISSIONS,
+    MAX_INDEX,
+    MAX_KEY_LENGTH,
+    PREFIX_RE,
+    type_matches,
+)
+from iip.identifiers.router import HANDLE_PATH
+from iip.kernel.logs import request_id_var
+from iip.kernel.runtime import Runtime
+from iip.kernel.settings import Mode
+
+logger = logging.getLogger("iip.http")
+
+PATH_START = "/api/handles/"
+QUERY = 'SELECT handle, "values" FROM identifiers_handle WHERE key = {}'
+FORMATS = frozenset({"string", "base64", "hex", "admin", "vlist"})
+STRUCTURED = frozenset({"admin", "vlist"})
+PERMISSION_STRINGS = frozenset(format(bits, "04b") for bits in range(16))
+VALUE_KEYS = frozenset({"index", "type", "data", "ttl", "timestamp", "permissions"})
+# Query parameters the router parses as booleans (pydantic's lax spelling).
+TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
+BOOL_WORDS = TRUE_WORDS | {"0", "off", "f", "false", "n", "no"}
+# publicOnly=false asks for more than an anonymous caller may read (401): the full path answers.
+BOOLEAN_PARAMS = {"publicOnly": TRUE_WORDS, "auth": BOOL_WORDS}
+
+Row = tuple[str, Any]
+
+
+class Fallthrough(Exception):
+    """The request is not the common case: the full application answers it."""
+
+
+def _query(raw: bytes) -> tuple[list[str], list[int]]:
+    """`type` and `index` filters, or Fallthrough for anything the router would treat otherwise."""
+    types: list[str] = []
+    indexes: list[int] = []
+    if not raw:
+        return types, indexes
+    seen: set[str] = set()
+    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            raise Fallthrough
+        if name == "type" and len(value) <= 50:
+            types.append(value)
+        elif name == "index" and value.isascii() and value.isdigit() and 0 < int(value) <= MAX_INDEX:
+            indexes.append(int(value))
+        elif value.lower() in BOOLEAN_PARAMS.get(name, ()) and name not in seen:
+            seen.add(name)
+        else:
+            raise Fallthrough
+    return types, indexes
+
+
+def _public_values(stored: Any, types: list[str], indexes: list[int]) -> list[dict[str, Any]]:
+    """The public values as the router shows them (`HandleValue.to_wire`), filtered as `select_values`.
+
+    Only the shape every write stores is accepted; anything else goes to the full path, which
+    validates it with the models.
+    """
+    if type(stored) is not list:
+        raise Fallthrough
+    out: list[dict[str, Any]] = []
+    for item in stored:
+        if type(item) is not dict or not item.keys() <= VALUE_KEYS:
+            raise Fallthrough
+        get = item.get
+        index, value_type, data = get("index"), get("type"), get("data")
+        ttl, stamp, permissions = (
+            get("ttl", DEFAULT_TTL),
+            get("timestamp"),
+            get("permissions", DEFAULT_VALUE_PERMISSIONS),
+        )
+        if (
+            type(index) is not int
+            or not 0 < index <= MAX_INDEX
+            or type(value_type) is not str
+            or not 0 < len(value_type) <= 255
+            or type(ttl) is not int
+            or not 0 <= ttl <= MAX_INDEX
+            or not (stamp is None or type(stamp) is str)
+            or permissions not in PERMISSION_STRINGS
+            or type(data) is not dict
+            or len(data) != 2
+        ):
+            raise Fallthrough
+        fmt, raw = data.get("format"), data.get("value")
+        if fmt not in FORMATS or not (type(raw) is str or (fmt in STRUCTURED and _plain(raw))):
+            raise Fallthrough
+        if permissions[2] != "1":
+            continue
+        if (types or indexes) and index not in indexes and not any(type_matches(value_type, t) for t in types):
+            continue
+        wire: dict[str, Any] = {"index": index, "type": value_type, "data": {"format": fmt, "value": raw}}
+        if permissions != DEFAULT_VALUE_PERMISSIONS:
+            wire["permissions"] = permissions
+        wire["ttl"] = ttl
+        if stamp is not None:
+            wire["timestamp"] = stamp
+        out.append(wire)
+    return out
+
+
+def _plain(data: Any, depth: int = 0) -> bool:
+    """JSON that orjson writes exactly as the stdlib encoder: strings, 64-bit integers, booleans, null."""
+    kind = type(data)
+    if kind is str or kind is bool or data is None:
+        return True
+    if kind is int:
+        return bool(-(2**63) <= data < 2**63)
+    if depth > 3:
+        return False
+    if kind is list:
+        return all(_plain(item, depth + 1) for item in data)
+    if kind is dict:
+        # Strings first, without a call: an HS_ADMIN or HS_VLIST entry holds little else.
+        return all(type(k) is str and (type(v) is str or _plain(v, depth + 1)) for k, v in data.items())
+    return False  # floats are written differently (1e16 vs 1e+16); none is stored by a write
+
+
+def render(body: dict[str, Any]) -> bytes:
+    # Byte for byte what Starlette's JSONResponse writes (compact, UTF-8, no NaN) for the plain data
+    # `_public_values` lets through, at a fraction of the cost; a value it cannot write goes the full path.
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise Fallthrough from None
+
+
+def _loads(text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise Fallthrough from None  # e.g. NaN or a huge integer: the full path reads it its own way
+
+
+class HandleReader:
+    """One primary-key read through a pooled DBAPI connection of the runtime's engine.
+
+    SQLite: in the event loop (a key read is a few microseconds) on a connection kept for the
+    process; outside a transaction each SELECT sees the last commit, and takes no write lock (the
+    ORM's sessions begin IMMEDIATE). PostgreSQL: in a worker thread, autocommit for the read.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.engine = runtime.db.engine
+        self.sqlite = self.engine.dialect.name == "sqlite"
+        self.sql = QUERY.format("?" if self.sqlite else "%s")
+        self._kept: Any = None
+
+    async def row(self, key: str) -> Row | None:
+        if self.sqlite:
+            return self._kept_row(key)
+        return await anyio.to_thread.run_sync(self._pooled_row, key)
+
+    def _kept_row(self, key: str) -> Row | None:
+        if self._kept is None:
+            self._kept = self.engine.raw_connection()
+        try:
+            cursor = self._kept.driver_connection.execute(self.sql, (key,))
+            found = cursor.fetchone()
+        except Exception:
+            self.close()
+            raise
+        if found is None:
+            return None
+        return found[0], _loads(found[1])
+
+    def _pooled_row(self, key: str) -> Row | None:
+        connection = self.engine.raw_connection()
+        try:
+            driver: Any = connection.driver_connection
+            driver.autocommit = True
+            try:
+                found = driver.execute(self.sql, (key,)).fetchone()
+            finally:
+                driver.autocommit = False
+        except Exception:
+            connection.invalidate()
+            raise
+        finally:
+            connection.close()
+        if found is None:
+            return None
+        values = found[1]
+        return found[0], _loads(values) if isinstance(values, str | bytes) else values
+
+    def close(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            try:
+                kept.invalidate()
+                kept.close()
+            except DBAPIError:
+                logger.debug("could not close the resolution connection", exc_info=True)
+
+
+class FastResolve:
+    """ASGI layer in front of the platform's middleware; see the module docstring."""
+
+    def __init__(self, app: ASGIApp, runtime: Runtime) -> None:
+        self.app = app
+        self.reader = HandleReader(runtime)
+        settings = runtime.settings
+        self.cors = bool(settings.api.cors_origins)
+        headers = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+        if settings.mode is Mode.PRODUCTION:
+            headers.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
+        self.security_headers = headers
+        self._metrics: Any = None
+        self.id_prefix = uuid.uuid4().hex[:16]
+        self.id_counter = itertools.count()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(PATH_START):
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, self._closing(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        try:
+            request_id = self._request_id(scope)
+            body = await self._answer(scope)
+        except Fallthrough:
+            await self.app(scope, receive, send)
+            return
+        except Exception:  # the full path answers, and reports the error if it recurs there
+            logger.debug("resolution fell back to the full path", exc_info=True)
+            await self.app(scope, receive, send)
+            return
+        headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id.encode()),
+            *self.security_headers,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._observe(scope, time.perf_counter() - started, request_id)
+
+    def _closing(self, send: Send) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                self.reader.close()
+            await send(message)
+
+        return sending
+
+    def _request_id(self, scope: Scope) -> str:
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name in (b"authorization", b"cookie") or (self.cors and name == b"origin"):
+                raise Fallthrough
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+        if incoming and REQUEST_ID_RE.match(incoming):
+            return incoming
+        # 32 hex digits as the full path's uuid4().hex, without a system call per request.
+        return f"{self.id_prefix}{next(self.id_counter):016x}"
+
+    async def _answer(self, scope: Scope) -> bytes:
+        path: str = scope["path"]
+        if scope.get("root_path") or "\x00" in path:
+            raise Fallthrough
+        handle = path[len(PATH_START) :]
+        prefix, _, suffix = handle.partition("/")
+        key = handle.lower()
+        # The checks of codec.parse_handle, inline: a handle it would refuse goes the full path (102).
+        if not suffix or not PREFIX_RE.match(prefix) or CONTROL_RE.search(suffix) or len(key) > MAX_KEY_LENGTH:
+            raise Fallthrough
+        types, indexes = _query(scope["query_string"])
+        row = await self.reader.row(key)
+        if row is None:
+            raise Fallthrough  # not found here: the full path answers 100, or refers
+        registered, stored = row
+        values = _public_values(stored, types, indexes)
+        # As the router: 200 with responseCode 200 (values not found) when the filters leave nothing.
+        return render({"responseCode": 1 if values else 200, "handle": registered, "values": values})
+
+    def _observe(self, scope: Scope, elapsed: float, request_id: str) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            http = scope["app"].state.metrics
+            metrics = self._metrics = (
+                http.requests.labels("GET", HANDLE_PATH, "200"),
+                http.latency.labels("GET", HANDLE_PATH),
+            )
+        metrics[0].inc()
+        metrics[1].observe(elapsed)
+        # At DEBUG, not INFO as other requests: a log line per resolution would cost more than the
+        # resolution (the static-file baseline logs none either); the metrics count every one.
+        if logger.isEnabledFor(logging.DEBUG):
+            path = scope["path"]
+            token = request_id_var.set(request_id)
+            try:
+                logger.debug(
+                    "%s %s %d",
+                    "GET",
+                    path,
+                    200,
+                    extra={
+                        "method": "GET",
+                        "path": path,
+                        "status": 200,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "route": HANDLE_PATH,
+                    },
+                )
+            finally:
+                request_id_var.reset(token)
+
+
+def resolution_layer(app: ASGIApp, runtime: Runtime) -> ASGIApp:
+    return FastResolve(app, runtime)

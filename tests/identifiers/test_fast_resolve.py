@@ -1,0 +1,221 @@
+"""The lean resolution path answers exactly as the full Handle router, and never from stale data."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx2 import Response
+from sqlalchemy import update
+
+from iip.api.app import create_app
+from iip.identifiers.models import Handle
+from iip.identifiers.service import HandleService
+from iip.kernel.auth import Role
+from iip.kernel.runtime import Runtime
+from iip.kernel.settings import Mode
+from tests.identifiers.conftest import HomedPrefix, admin_entry, url_value
+
+H = "/api/handles/88.118.8"
+VOLATILE = {"x-request-id", "date", "server"}
+
+
+def value(index: int, value_type: str, data: Any, fmt: str = "string", **extra: Any) -> dict[str, Any]:
+    return {"index": index, "type": value_type, "data": {"format": fmt, "value": data}, **extra}
+
+
+RECORDS: dict[str, list[dict[str, Any]]] = {
+    "Plain": [url_value("https://example.com/a"), admin_entry()],
+    "Mixed-Case": [url_value("https://example.com/m"), value(2, "EMAIL", "qc@example.com", ttl=60)],
+    "零件-001": [url_value("https://例子.cn/零件"), value(2, "DESC", "轴承 GCr15")],
+    "with space/and/slashes": [url_value("https://example.com/s")],
+    "Typed": [
+        url_value("https://example.com/t"),
+        value(2, "10320/loc", "<locations/>"),
+        value(3, "10320.sub", "sub"),
+        value(4, "BLOB", "aGVsbG8=", "base64"),
+        value(5, "HEX", "cafe", "hex"),
+        value(6, "COST", "42", permissions="1100"),
+        value(7, "OPEN", "anyone writes", permissions="1111"),
+        value(200, "HS_VLIST", [{"handle": "0.NA/88.118.8", "index": 300}], "vlist"),
+        admin_entry(),
+    ],
+    "Hidden": [value(1, "SECRET", "x", permissions="1100")],
+}
+
+# (path under H, whether the lean path answers it itself)
+REQUESTS = [
+    ("/Plain", True),
+    ("/plain", True),
+    ("/mixed-CASE", True),
+    ("/零件-001", True),
+    ("/%E9%9B%B6%E4%BB%B6-001", True),
+    ("/with%20space/and/slashes", True),
+    ("/Typed", True),
+    ("/Typed?type=URL", True),
+    ("/Typed?type=url&type=EMAIL", True),
+    ("/Typed?type=10320.", True),
+    ("/Typed?index=1&index=4", True),
+    ("/Typed?type=HEX&index=200", True),
+    ("/Typed?index=6", True),
+    ("/Typed?type=NOPE", True),
+    ("/Typed?type=", True),
+    ("/Typed?publicOnly=true", True),
+    ("/Typed?auth=true&publicOnly=yes", True),
+    ("/Hidden", True),
+    ("/Typed?publicOnly=false", False),
+    ("/Typed?publicOnly=maybe", False),
+    ("/Typed?index=0", False),
+    ("/Typed?index=x", False),
+    ("/Typed?index=%C2%B2", False),
+    ("/Typed?type=" + "T" * 51, False),
+    ("/Typed?other=1", False),
+    ("/Typed?type=%00", False),
+    ("/unknown-handle", False),
+    ("/", False),
+    ("/bad%00suffix", False),
+]
+
+
+@dataclasses.dataclass
+class Clients:
+    lean: TestClient
+    full: TestClient
+    resolves: list[str]
+
+
+def without_layers(runtime: Runtime) -> Runtime:
+    modules = tuple(dataclasses.replace(m, asgi_layers=()) for m in runtime.modules)
+    return dataclasses.replace(runtime, modules=modules)
+
+
+@pytest.fixture
+def clients(runtime: Runtime, homed: HomedPrefix, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clients]:
+    resolves: list[str] = []
+    original = HandleService.resolve
+
+    def counted(self: HandleService, name: Any, *args: Any, **kwargs: Any) -> Any:
+        resolves.append(name.handle)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(HandleService, "resolve", counted)
+    lean_app = create_app(runtime=runtime, configure_logs=False)
+    full_app = create_app(runtime=without_layers(runtime), configure_logs=False)
+    with TestClient(lean_app) as lean, TestClient(full_app) as full:
+        for suffix, values in RECORDS.items():
+            response = full.put(f"{H}/{suffix}?overwrite=false", json={"values": values}, headers=homed.auth)
+            assert response.status_code == 201, response.text
+        resolves.clear()
+        yield Clients(lean, full, resolves)
+
+
+def assert_same(lean: Response, full: Response) -> None:
+    assert lean.status_code == full.status_code
+    if lean.headers["content-type"] == "application/problem+json":
+        # Problem bodies name their request id.
+        assert lean.json() | {"request_id": ""} == full.json() | {"request_id": ""}
+    else:
+        assert lean.content == full.content
+    assert [(k, v) for k, v in lean.headers.items() if k not in VOLATILE] == [
+        (k, v) for k, v in full.headers.items() if k not in VOLATILE
+    ]
+    assert len(lean.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(("path", "lean"), REQUESTS)
+def test_same_answer_as_the_full_router(clients: Clients, path: str, lean: bool) -> None:
+    full = clients.full.get(H + path)
+    clients.resolves.clear()
+    answer = clients.lean.get(H + path)
+    assert_same(answer, full)
+    answered_by_router = bool(clients.resolves) or full.status_code != 200
+    assert answered_by_router is not lean
+
+
+def test_values_are_those_the_router_shows(clients: Clients) -> None:
+    body = clients.lean.get(f"{H}/Typed").json()
+    assert body["responseCode"] == 1
+    assert body["handle"] == "88.118.8/Typed"
+    shown = {v["index"]: v for v in body["values"]}
+    assert 6 not in shown  # admin read only
+    assert shown[7]["permissions"] == "1111"
+    assert "permissions" not in shown[1]
+    assert list(shown[1]) == ["index", "type", "data", "ttl", "timestamp"]
+    hidden = clients.lean.get(f"{H}/Hidden").json()
+    assert (hidden["responseCode"], hidden["values"]) == (200, [])
+
+
+def test_credentials_and_cookies_take_the_full_path(clients: Clients, homed: HomedPrefix) -> None:
+    anonymous = clients.full.get(f"{H}/Typed")
+    clients.resolves.clear()
+    as_admin = clients.lean.get(f"{H}/Typed", headers=homed.auth)
+    assert 6 in [v["index"] for v in as_admin.json()["values"]]
+    as_viewer = clients.lean.get(f"{H}/Typed", headers=homed.tenant.headers(Role.VIEWER))
+    assert 6 in [v["index"] for v in as_viewer.json()["values"]]
+    with_cookie = clients.lean.get(f"{H}/Typed", headers={"Cookie": "iip_session=stale"})
+    assert_same(with_cookie, anonymous)
+    assert len(clients.resolves) == 3
+
+
+def test_writes_show_at_once(clients: Clients, homed: HomedPrefix) -> None:
+    assert clients.lean.get(f"{H}/Plain").json()["values"][0]["data"]["value"] == "https://example.com/a"
+    replaced = clients.lean.put(f"{H}/Plain?index=1", json={"values": [url_value("https://b")]}, headers=homed.auth)
+    assert replaced.status_code == 200
+    assert clients.lean.get(f"{H}/Plain").json()["values"][0]["data"]["value"] == "https://b"
+    hidden = clients.lean.put(
+        f"{H}/Plain?index=1", json={"values": [url_value("https://c") | {"permissions": "1100"}]}, headers=homed.auth
+    )
+    assert hidden.status_code == 200
+    assert [v["index"] for v in clients.lean.get(f"{H}/Plain").json()["values"]] == [100]
+    assert clients.lean.delete(f"{H}/Plain", headers=homed.auth).status_code == 200
+    gone = clients.lean.get(f"{H}/Plain")
+    assert (gone.status_code, gone.json()["responseCode"]) == (404, 100)
+    created = clients.lean.put(f"{H}/Plain", json={"values": [url_value("https://d")]}, headers=homed.auth)
+    assert created.status_code == 200
+    assert clients.lean.get(f"{H}/plain").json()["values"][0]["data"]["value"] == "https://d"
+
+
+def test_request_id_and_metrics(clients: Clients) -> None:
+    given = clients.lean.get(f"{H}/Plain", headers={"X-Request-ID": "trace-1.a_b"})
+    assert given.headers["x-request-id"] == "trace-1.a_b"
+    ids = {clients.lean.get(f"{H}/Plain").headers["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
+    assert not clients.resolves
+    metrics = clients.lean.get("/metrics").text
+    route = 'method="GET",route="/api/handles/{prefix}/{suffix:path}"'
+    assert f'iip_http_requests_total{{{route},status="200"}} 4.0' in metrics
+    assert f"iip_http_request_duration_seconds_count{{{route}}} 4.0" in metrics
+
+
+def test_production_adds_hsts(clients: Clients, runtime: Runtime) -> None:
+    settings = runtime.settings.model_copy(update={"mode": Mode.PRODUCTION})
+    production = dataclasses.replace(runtime, settings=settings)
+    with (
+        TestClient(create_app(runtime=production, configure_logs=False)) as lean,
+        TestClient(create_app(runtime=without_layers(production), configure_logs=False)) as full,
+    ):
+        answer, expected = lean.get(f"{H}/Plain"), full.get(f"{H}/Plain")
+    assert "strict-transport-security" in answer.headers
+    assert_same(answer, expected)
+    assert len(clients.resolves) == 1
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        [{"index": 1, "type": "NUM", "data": {"format": "string", "value": 1e16}, "ttl": 86400}],
+        [{"index": 1, "type": "URL", "data": {"format": "string", "value": "https://x"}, "extra": 1}],
+        [{"index": 1, "type": "URL", "data": {"format": "string", "value": "https://x"}}],
+    ],
+)
+def test_unusual_stored_values_take_the_full_path(clients: Clients, runtime: Runtime, stored: Any) -> None:
+    with runtime.db.session() as session:
+        session.execute(update(Handle).where(Handle.key == "88.118.8/plain").values(values=stored))
+    answer, expected = clients.lean.get(f"{H}/Plain"), clients.full.get(f"{H}/Plain")
+    assert_same(answer, expected)
+    # A value missing its defaults is still the router's shape; a float or an unknown key is not.
+    plain = isinstance(stored[0]["data"]["value"], str) and "extra" not in stored[0]
+    assert len(clients.resolves) == (1 if plain else 2)
