@@ -17,6 +17,7 @@ from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 from iip.api.app import create_app
 from iip.kernel.runtime import Runtime
 from tests.conftest import make_tenant
+from tests.identifiers.conftest import home_prefix
 from tests.services import in_ci
 
 pytestmark = pytest.mark.browser
@@ -88,6 +89,7 @@ def heading(page: Page) -> str:
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_console_in_a_real_browser(runtime: Runtime, chromium: str, tmp_path: Path) -> None:
     tenant = make_tenant(runtime.db, "hangzhou-plant")
+    home_prefix(runtime, tenant, "88.118.8", "prefix-secret-123")
     app = create_app(runtime=runtime, configure_logs=False)
     problems: list[str] = []
 
@@ -143,6 +145,17 @@ def test_console_in_a_real_browser(runtime: Runtime, chromium: str, tmp_path: Pa
             page.click("form.lang-switch button[value=zh_CN]")
             page.wait_for_url(base + "/")
             assert heading(page) == "总览"
+
+            # Register an identifier from the navigation; its record shows the QR label.
+            page.locator("nav.nav").get_by_role("link", name="注册标识", exact=True).click()
+            page.wait_for_url(base + "/identifiers/register")
+            page.fill("input[name=suffix]", "JXDY2106023")
+            page.fill("input[name=url]", "https://example.com/products/6204")
+            page.click("#register-form button[type=submit]")
+            page.wait_for_url(base + "/identifiers/records/88.118.8/JXDY2106023")
+            assert page.locator("#record-handle").inner_text() == "88.118.8/JXDY2106023"
+            assert page.locator("#label svg").is_visible()
+            page.screenshot(path=tmp_path / "identifier-zh.png", full_page=True)
 
             page.click("form[action='/logout'] button")
             page.wait_for_url(base + "/login")

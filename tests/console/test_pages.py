@@ -84,14 +84,16 @@ def test_navigation_follows_the_role(client: TestClient, runtime: Runtime, tenan
     add_user(runtime, tenant_a, "vera", Role.VIEWER)
     add_user(runtime, tenant_a, "audrey", Role.AUDITOR)
     admin(client, tenant_a)
-    assert nav_links(client.get("/").text) == ["/", "/access/users", "/access/api-keys", "/access/audit"]
+    identifiers = ["/identifiers/search", "/identifiers/register", "/identifiers/filings"]
+    assert nav_links(client.get("/").text) == ["/", "/access/users", "/access/api-keys", "/access/audit", *identifiers]
     client.cookies.clear()
     sign_in(client, "audrey", PASSWORD)
-    assert nav_links(client.get("/").text) == ["/", "/access/audit"]
+    readable = ["/identifiers/search", "/identifiers/filings"]
+    assert nav_links(client.get("/").text) == ["/", "/access/audit", *readable]
     client.cookies.clear()
     sign_in(client, "vera", PASSWORD)
     page = client.get("/").text
-    assert nav_links(page) == ["/"]
+    assert nav_links(page) == ["/", *readable]
     assert "访问控制" not in page.split("</nav>", 1)[0]  # no empty module heading
     assert_html(client.get("/access/users"), 403)
     assert_html(client.get("/access/audit"), 403)
