@@ -49,8 +49,9 @@ def tenant_b_handle_with_attributes(world: World) -> Created:
 
 
 ATTRIBUTES_ROUTE = "/api/identifiers/{prefix}/{suffix:path}/attributes"
-# Templates are the same for every tenant: nothing of one tenant is named by these.
-PUBLIC_ROUTES: frozenset[str] = frozenset({"/api/identifier-templates/{name}"})
+# Templates are the same for every tenant: nothing of one tenant is named by these. Recursive
+# resolution is public, as resolution is.
+PUBLIC_ROUTES: frozenset[str] = frozenset({"/api/identifier-templates/{name}", "/api/resolve/{handle:path}"})
 
 
 def tenant_b_filing(world: World) -> Created:
@@ -76,6 +77,30 @@ def tenant_b_filing(world: World) -> Created:
 
 FILING = "/api/filings/{filing_id}"
 
+
+def tenant_b_delegation(world: World) -> Created:
+    """A prefix of tenant B delegated to a child node whose URL carries the marker."""
+    from iip.identifiers.delegation import DelegationService
+    from iip.kernel.settings import NodeRole
+    from tests.api.test_tenant_isolation import Created, marker
+
+    mark = marker()
+    parent = f"87.{uuid.uuid4().int % 10**6}"
+    with world.runtime.db.session() as session:
+        HandleService(session).create_prefix(world.tenant_b.id, parent, "node-prefix-secret", actor="test")
+        DelegationService(session).delegate(
+            world.tenant_b.id,
+            f"{parent}.1",
+            f"https://{mark}.example.com",
+            bytes(32),
+            role=NodeRole.SECONDARY,
+            actor="test",
+        )
+    return Created({"prefix": f"{parent}.1"}, mark)
+
+
+DELEGATION = "/api/delegations/{prefix}"
+
 REPLACEMENT = {"values": [{"index": 1, "type": "URL", "data": {"format": "string", "value": "https://a.example.com"}}]}
 
 IDENTIFIER_KINDS: dict[str, dict[str, Any]] = {
@@ -96,4 +121,14 @@ IDENTIFIER_KINDS: dict[str, dict[str, Any]] = {
     FILING: {"create": tenant_b_filing, "read": FILING},
     f"{FILING}/approve": {"create": tenant_b_filing, "read": FILING},
     f"{FILING}/reject": {"create": tenant_b_filing, "read": FILING, "bodies": {"POST": {"reason": "rejected by A"}}},
+    # The platform operator's DELETE withdraws the delegation, so the re-read cannot show the change.
+    DELEGATION: {"create": tenant_b_delegation, "read": DELEGATION, "control_changes": False},
+    # Console pages: a record (B's marker is in a value only its tenant may read) and filing decisions.
+    "/identifiers/records/{prefix}/{suffix:path}": {"create": tenant_b_handle, "read": HANDLE_READ},
+    "/identifiers/filings/{filing_id}/approve": {"create": tenant_b_filing, "read": FILING},
+    "/identifiers/filings/{filing_id}/reject": {
+        "create": tenant_b_filing,
+        "read": FILING,
+        "bodies": {"POST": {"reason": "rejected by A"}},
+    },
 }
