@@ -17,6 +17,7 @@ Needs `wrk` and `nginx` (Debian packages). Runs on SQLite, and on PostgreSQL whe
 IIP_BENCH_POSTGRES_URL is set.
 
     .venv/bin/python bench/identifiers_resolve.py [--total 1000000] [--sample 100000] [--workers 2]
+        [--server granian|uvicorn]
         [--database sqlite:///var/resolve-bench.db] [--no-record]
 """
 
@@ -291,7 +292,7 @@ def measure(label: str, url: str, args: argparse.Namespace) -> list[Result]:
             "IIP_DATA_DIR": str(tmp / "var"),
             "IIP_LOG_LEVEL": args.log_level,
         }
-        command = [str(IIP), "run", "--workers", str(args.workers), "--port", str(iip_port)]
+        command = [str(IIP), "run", "--server", args.server, "--workers", str(args.workers), "--port", str(iip_port)]
         with running(command, env, tmp / "iip.log") as iip:
             try:
                 wait_for(iip_port, "/healthz", iip)
@@ -338,7 +339,7 @@ def measure(label: str, url: str, args: argparse.Namespace) -> list[Result]:
         f"(target {TARGET_P99_MS} ms: {'met' if ours_half.p99_ms <= TARGET_P99_MS else 'MISSED'})",
         flush=True,
     )
-    workers = f"{args.workers} workers each, {args.total:,} identifiers"
+    workers = f"{args.workers} workers each ({args.server}), {args.total:,} identifiers"
     return [
         Result(
             f"identifiers_resolve ({label})",
@@ -365,6 +366,7 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=1_000_000, help="identifiers registered")
     parser.add_argument("--sample", type=int, default=100_000, help="handles resolved at random (nginx files)")
     parser.add_argument("--workers", type=int, default=2, help="processes of IIP and of nginx")
+    parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian", help="`iip run --server`")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--connections", type=lambda s: [int(c) for c in s.split(",")], default=[8, 32, 128])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -11,6 +12,12 @@ from iip import __version__
 from iip.cli.context import CliState, database_problem, err_console, fail, out_console, state
 from iip.kernel.module import discover_modules
 from iip.kernel.settings import SettingsError, load_settings
+
+
+class HttpServer(StrEnum):
+    UVICORN = "uvicorn"
+    GRANIAN = "granian"
+
 
 app = typer.Typer(
     name="iip",
@@ -92,6 +99,10 @@ def run(
             "so events cross workers only on a shared bus (IIP_BUS=nats://...).",
         ),
     ] = 1,
+    server: Annotated[
+        HttpServer,
+        typer.Option(help="HTTP server: uvicorn, or granian (Rust HTTP stack, more resolutions per core)."),
+    ] = HttpServer.UVICORN,
 ) -> None:
     """Apply migrations and serve the API and console."""
     import uvicorn
@@ -119,6 +130,10 @@ def run(
         out_console.print(f"demo login: [bold]{login.username}[/] / [bold]{login.password}[/] (tenant {login.tenant})")
     url = f"http://{settings.host}:{settings.port}"
     out_console.print(f"IIP {__version__} on [bold]{url}[/]  (console {url}/ , API docs {url}/docs)")
+    if server is HttpServer.GRANIAN:
+        runtime.db.dispose()
+        serve_with_granian(settings.host, settings.port, workers)
+        return
     if workers > 1:
         runtime.db.dispose()
         uvicorn.run(
@@ -136,6 +151,27 @@ def run(
         return
     app_ = create_app(runtime=runtime)
     uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def serve_with_granian(host: str, port: int, workers: int) -> None:
+    try:
+        from granian.constants import Interfaces, Loops
+        from granian.server import Server
+    except ImportError:
+        raise fail("granian is not installed: pip install 'iip[granian]'") from None
+    # Each worker builds the app from IIP_* settings, as uvicorn's workers do.
+    Server(
+        "iip.api.app:app_from_environment",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=host,
+        port=port,
+        workers=workers,
+        loop=Loops.auto,
+        websockets=False,
+        log_access=False,
+        respawn_failed_workers=True,
+    ).serve()
 
 
 def _mount_modules() -> None:
