@@ -55,9 +55,9 @@ def worker_cpu_seconds() -> float:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     seconds = 0.0
-    for worker in pool._workers:
+    for pid in pool.pids():
         try:
-            fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         seconds += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
