@@ -8,8 +8,12 @@ random path of the sample per request) then measures:
 
 - peak throughput of each server: the best of several connection counts;
 - latency at half of IIP's peak rate, for both servers: wrk has no rate control, so each of `C`
-  connections waits `--think` ms before each request (`delay()` in the script), `C` chosen so the
-  offered rate is half of IIP's peak; the achieved rate is printed beside the percentiles. This is a
+  connections waits a random think time before each request (`delay()` in the script), exponentially
+  distributed with a mean of `--think` ms, `C` chosen so the offered rate is half of IIP's peak; the
+  achieved rate is printed beside the percentiles. Random think times spread the requests as
+  independent clients would: with a fixed one the connections stay in step and their requests
+  arrive in bursts of `C` at once, a momentary overload rather than half the peak rate (with
+  `--fixed-think`, the p99 measured is mostly the time to work through such a burst). This is a
   paced closed loop, not an open loop: a slow answer delays that connection's next request, which
   understates tail latency only when answers take a noticeable part of the think time.
 
@@ -227,8 +231,13 @@ def wrk(server: Server, script: Path, connections: int, seconds: int, threads: i
     return Run(connections, rate, p50, p99, errors, cpu / max(requests, 1) * 1e6)
 
 
-def write_script(tmp: Path, paths_file: Path, name: str, think_ms: int = 0) -> Path:
-    delay = f"delay = function() return {think_ms} end" if think_ms else ""
+def write_script(tmp: Path, paths_file: Path, name: str, think_ms: int = 0, *, fixed: bool = False) -> Path:
+    if not think_ms:
+        delay = ""
+    elif fixed:
+        delay = f"delay = function() return {think_ms} end"
+    else:  # exponential, mean think_ms; wrk takes whole milliseconds
+        delay = f"delay = function() return math.floor(-{think_ms} * math.log(1 - math.random()) + 0.5) end"
     script = tmp / name
     script.write_text(WRK_SCRIPT % {"paths": paths_file, "delay": delay})
     return script
@@ -259,8 +268,22 @@ def peak(server: Server, script: Path, args: argparse.Namespace) -> Run:
 
 def paced(server: Server, script: Path, connections: int, args: argparse.Namespace) -> Run:
     run = wrk(server, script, connections, args.duration, args.threads)
-    show(server, f"c={connections} paced {args.think} ms", run)
+    show(server, f"c={connections} {'fixed' if args.fixed_think else 'random'} think {args.think} ms", run)
     return run
+
+
+def at_half_rate(ours: Server, base: Server, script: Path, half: float, args: argparse.Namespace) -> tuple[Run, Run]:
+    """Both servers under C connections, each waiting `think` ms on average before each request.
+
+    A connection's cycle is the think time plus the answer's, so C is raised once when the rate IIP
+    achieves falls short of `half` by more than 3%; nginx then gets the same C.
+    """
+    connections = max(1, round(half * args.think / 1000))
+    ours_half = paced(ours, script, connections, args)
+    if ours_half.rate < 0.97 * half:
+        connections = round(connections * half / ours_half.rate)
+        ours_half = paced(ours, script, connections, args)
+    return ours_half, paced(base, script, connections, args)
 
 
 def prepare(url: str, total: int) -> None:
@@ -313,11 +336,8 @@ def measure(label: str, url: str, args: argparse.Namespace) -> list[Result]:
                 script = write_script(tmp, paths_file, "random.lua")
                 ours = peak(iip_server, script, args)
                 base = peak(nginx_server, script, args)
-                # Half of IIP's peak: C connections, each waiting `think` ms before each request.
-                connections = max(1, round(ours.rate / 2 * args.think / 1000))
-                slow = write_script(tmp, paths_file, "paced.lua", args.think)
-                ours_half = paced(iip_server, slow, connections, args)
-                base_half = paced(nginx_server, slow, connections, args)
+                slow = write_script(tmp, paths_file, "paced.lua", args.think, fixed=args.fixed_think)
+                ours_half, base_half = at_half_rate(iip_server, nginx_server, slow, ours.rate / 2, args)
                 if nginx.poll() is not None or any(r.errors for r in (base, base_half)):
                     print(f"nginx exit code {nginx.poll()}; its error log:")
                     print((tmp / "error.log").read_text(errors="replace")[-3000:], flush=True)
@@ -351,7 +371,8 @@ def measure(label: str, url: str, args: argparse.Namespace) -> list[Result]:
         ),
         Result(
             f"identifiers_resolve ({label})",
-            f"p99 latency at half of IIP's peak ({ours_half.rate:,.0f}/s vs {base_half.rate:,.0f}/s), {workers}",
+            f"p99 latency at half of IIP's peak ({ours_half.rate:,.0f}/s vs {base_half.rate:,.0f}/s, "
+            f"{'fixed' if args.fixed_think else 'random'} think times), {workers}",
             ours_half.p99_ms,
             "nginx, same rate",
             base_half.p99_ms,
@@ -370,7 +391,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--connections", type=lambda s: [int(c) for c in s.split(",")], default=[8, 32, 128])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--think", type=int, default=10, help="ms each paced connection waits")
+    parser.add_argument("--think", type=int, default=10, help="mean ms each paced connection waits")
+    parser.add_argument("--fixed-think", action="store_true", help="the same think time every time (bursts)")
     parser.add_argument("--log-level", default="INFO", help="IIP_LOG_LEVEL of the server (INFO logs every request)")
     parser.add_argument("--database", help="database URL to use and keep (registering once) instead of temporary ones")
     parser.add_argument("--no-record", action="store_true")

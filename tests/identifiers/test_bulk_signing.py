@@ -247,3 +247,16 @@ def test_workers_sign_as_the_key_does() -> None:
     assert pool.pids() == []
     with pytest.raises(ProcessLookupError):  # closing stopped and reaped the worker
         os.kill(second, 0)
+
+
+def test_attributes_json_leaves_to_json_what_orjson_would_change() -> None:
+    assert json.loads(catalog._attributes_json({"a": "精密轴承", "b": "x"})) == {"a": "精密轴承", "b": "x"}
+    assert catalog._attributes_json({"q": float("nan")}) == '{"q":NaN}'  # orjson would write null
+    assert catalog._attributes_json({"n": 1, "s": "x"}) == '{"n":1,"s":"x"}'
+
+
+def test_search_text_is_split_into_words_only_where_the_tokenizer_does_not() -> None:
+    assert catalog.splits_words("postgresql")
+    assert not catalog.splits_words("sqlite")
+    text = catalog.search_text("88.118.8/AB-1", [], {"name": "x_y"}, split_words=False)
+    assert text == "88.118.8/AB-1 x_y"

@@ -25,7 +25,7 @@ from iip.kernel.ed25519 import sign_all
 
 logger = logging.getLogger(__name__)
 
-PARALLEL_MIN_PAYLOADS = 256  # fewer are signed in the calling process: a task costs more than it saves
+PARALLEL_MIN_PAYLOADS = 64  # fewer are signed in the calling process: a task costs more than it saves
 MAX_WORKERS = 4
 
 

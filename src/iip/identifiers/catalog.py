@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
 
+import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 from sqlalchemy import String, cast, event, false, func, literal_column, select, text
@@ -194,6 +196,9 @@ def _compile_quick(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
     properties = {name: _compile_quick(sub) for name, sub in schema.get("properties", {}).items()}
     extra = schema.get("additionalProperties", True)
     extra_check = _compile_quick(extra) if isinstance(extra, dict) else None
+    if names == ["string"] and fmt is None:
+        return _string_check(min_length, max_length, pattern)
+    required_names = frozenset(required)
 
     def check(instance: Any) -> bool:  # noqa: PLR0911, PLR0912
         if types is not None and ((refuse_bool and isinstance(instance, bool)) or not isinstance(instance, types)):
@@ -207,7 +212,7 @@ def _compile_quick(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
             if fmt is not None and not _FORMATS.conforms(instance, fmt):
                 return False
         elif isinstance(instance, dict):
-            if any(name not in instance for name in required):
+            if not required_names <= instance.keys():
                 return False
             if max_properties is not None and len(instance) > max_properties:
                 return False
@@ -221,6 +226,20 @@ def _compile_quick(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
         elif minimum is not None and isinstance(instance, int | float) and not isinstance(instance, bool):
             return bool(instance >= minimum)
         return True
+
+    return check
+
+
+def _string_check(min_length: int, max_length: int | None, pattern: re.Pattern[str] | None) -> Callable[[Any], bool]:
+    """The check of a plain string schema (most attributes): the same answers, without the branches."""
+    longest = sys.maxsize if max_length is None else max_length
+
+    def check(instance: Any) -> bool:
+        return (
+            isinstance(instance, str)
+            and min_length <= len(instance) <= longest
+            and (pattern is None or pattern.search(instance) is not None)
+        )
 
     return check
 
@@ -244,7 +263,7 @@ def attribute_problem(template_name: str | None, attributes: Any) -> tuple[str, 
     """(JSON pointer, message) of the first thing wrong with `attributes`; None when they are valid."""
     if not isinstance(attributes, dict):
         return "", "attributes must be a JSON object"
-    if len(json.dumps(attributes, ensure_ascii=False)) > MAX_ATTRIBUTE_BYTES:
+    if len(json.dumps(attributes, ensure_ascii=False, separators=(",", ":"))) > MAX_ATTRIBUTE_BYTES:
         return "", f"attributes are larger than {MAX_ATTRIBUTE_BYTES // 1024} KiB"
     if template_name is None:
         return None
@@ -281,11 +300,19 @@ def _words(value: Any) -> Iterator[str]:
         yield str(value)
 
 
-def search_text(handle: str, values: Iterable[Mapping[str, Any]], attributes: Mapping[str, Any] | None) -> str:
+def search_text(
+    handle: str,
+    values: Iterable[Mapping[str, Any]],
+    attributes: Mapping[str, Any] | None,
+    *,
+    split_words: bool = True,
+) -> str:
     """What a search matches: the handle name, URL values and attribute values.
 
-    Each part appears as written and split at punctuation, so `88.118.8/JXDY2106023` is found by
-    `JXDY2106023` and a URL by its host name whichever way a tokenizer reads them.
+    Each part appears as written and, with `split_words`, again split at punctuation, so
+    `88.118.8/JXDY2106023` is found by `JXDY2106023` and a URL by its host name. PostgreSQL's parser
+    keeps a path or a URL whole and needs the split words; SQLite's FTS5 tokenizer (unicode61)
+    splits at punctuation itself, so there they would only double the index.
     """
     parts = [handle]
     for value in values:
@@ -297,20 +324,28 @@ def search_text(handle: str, values: Iterable[Mapping[str, Any]], attributes: Ma
         ):
             parts.append(data["value"])
     parts.extend(_words(attributes or {}))
-    return _joined_search_text(parts)
+    return _joined_search_text(parts, split_words=split_words)
 
 
-def _joined_search_text(parts: list[str]) -> str:
+def _joined_search_text(parts: list[str], *, split_words: bool = True) -> str:
     # One regex pass over the joined parts finds the same words as one per part: a space ends a word.
     text = " ".join(p for p in parts if p)
+    if not split_words:
+        return text
     words = " ".join(WORD_RE.findall(text))
     return f"{text} {words}" if text and words else text
 
 
+def splits_words(dialect_name: str) -> bool:
+    """Whether search text on this database needs its words split out (see `search_text`)."""
+    return dialect_name != "sqlite"
+
+
 @event.listens_for(Handle, "before_insert")
 @event.listens_for(Handle, "before_update")
-def _refresh_search_text(_mapper: Mapper[Handle], _connection: Any, row: Handle) -> None:
-    row.search_text = search_text(row.handle, row.values or [], row.attributes)
+def _refresh_search_text(_mapper: Mapper[Handle], connection: Any, row: Handle) -> None:
+    split = splits_words(connection.dialect.name)
+    row.search_text = search_text(row.handle, row.values or [], row.attributes, split_words=split)
 
 
 # --- attributes of one handle
@@ -535,7 +570,7 @@ HANDLE_COLUMNS = (
 HISTORY_COLUMNS = ("tenant_id", "key", "version", "values", "change", "principal", "at")
 _SIGNATURE = HANDLE_COLUMNS.index("signature")
 CHUNK_ROWS = 1000  # rows checked, signed and written together
-FIRST_CHUNK_ROWS = 250
+FIRST_CHUNK_ROWS = 256  # small, so the signing workers and the writer start early
 # One INSERT per chunk and table: SQLite runs the search index trigger's FTS5 work per statement, so
 # one statement per row (executemany) costs several times more. 1000 x 12 parameters stays within
 # SQLite's (32766 since 3.32) and PostgreSQL's (65535) limits.
@@ -577,6 +612,8 @@ class BulkRegistration:
         processor = Handle.__table__.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._bound_now = processor(self._now) if processor else self._now
         self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._split_words = splits_words(dialect.name)
+        self._value_types: dict[str, bool] = {}
         self._statements: dict[tuple[str, int], str] = {}
         self._writer: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[list[RowError]]] = deque()
@@ -669,7 +706,7 @@ class BulkRegistration:
         if attributes is None or attributes == "":
             attributes = {}
         attributes_json = _checked_attributes(template_name, attributes)
-        searchable = _joined_search_text([handle, url, *_attribute_words(attributes)])
+        searchable = _joined_search_text([handle, url, *_attribute_words(attributes)], split_words=self._split_words)
         # Encoded before anything is kept: text that is not valid Unicode fails here, on its line.
         searchable.encode()
         payload = _signed_record(handle, signed)
@@ -696,14 +733,23 @@ class BulkRegistration:
             raise Invalid("values must be an object of TYPE: value")
         if len(extra) > MAX_EXTRA_VALUES:
             raise Invalid(f"at most {MAX_EXTRA_VALUES} values besides the URL")
+        known = self._value_types
+        stamp = self._stamp
         for index, (value_type, data) in enumerate(extra.items(), start=2):
             type_text = str(value_type)
-            if not VALUE_TYPE_RE.fullmatch(type_text) or type_text.upper() in {"URL", "HS_ADMIN"}:
+            usable = known.get(type_text)
+            if usable is None:  # a batch uses a few types over and over
+                usable = known[type_text] = bool(VALUE_TYPE_RE.fullmatch(type_text)) and type_text.upper() not in {
+                    "URL",
+                    "HS_ADMIN",
+                }
+            if not usable:
                 raise Invalid(f"invalid value type '{type_text[:70]}'")
-            if not isinstance(data, str | int | float) or len(str(data).encode()) > MAX_VALUE_BYTES:
+            text = data if type(data) is str else str(data) if isinstance(data, int | float) else None
+            if text is None or (len(text) * 4 > MAX_VALUE_BYTES and len(text.encode()) > MAX_VALUE_BYTES):
                 raise Invalid(f"value {type_text} must be a string of at most 64 KiB")
-            stored.append(_stored_string(index, type_text, str(data), self._stamp))
-            signed.append(_signed_string(index, type_text, str(data), self._stamp))
+            stored.append(_stored_string(index, type_text, text, stamp))
+            signed.append(_signed_string(index, type_text, text, stamp))
 
     def add(self, rows: Iterable[BatchRow]) -> None:
         try:
@@ -846,8 +892,9 @@ def _attribute_words(attributes: Mapping[str, Any]) -> Iterator[str]:
 def _checked_attributes(template_name: str | None, attributes: Any) -> str:
     """`attributes` as JSON text, once they pass the template; raises Invalid saying what is wrong."""
     if isinstance(attributes, dict):
-        # ASCII escapes only lengthen the text, so within the limit here is within it as measured.
-        encoded = json.dumps(attributes)
+        encoded = _attributes_json(attributes)
+        # Within the limit here is within it as `attribute_problem` measures it (compact JSON
+        # characters): this text is compact too, and UTF-8 or ASCII escapes only lengthen it.
         if len(encoded) <= MAX_ATTRIBUTE_BYTES and (
             template_name is None or (template_name in templates() and _quick_check(template_name)(attributes))
         ):
@@ -856,6 +903,17 @@ def _checked_attributes(template_name: str | None, attributes: Any) -> str:
     if problem is not None:
         raise Invalid(f"attributes {problem[1]}")
     return json.dumps(attributes)
+
+
+def _attributes_json(attributes: dict[str, Any]) -> str:
+    # orjson for the common flat object of strings (several times faster than json); anything else
+    # through json, which keeps what orjson would change (NaN) or refuse (keys that are not strings).
+    if all(type(v) is str for v in attributes.values()):
+        try:
+            return orjson.dumps(attributes).decode()
+        except TypeError:
+            pass
+    return json.dumps(attributes, separators=(",", ":"))
 
 
 def register_batch(session: Session, rows: Iterable[BatchRow], actor: Principal, *, source: str = "api") -> int:
