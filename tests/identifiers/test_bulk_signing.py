@@ -19,6 +19,7 @@ from iip.identifiers.codec import CONTROL_RE, DEFAULT_TTL
 from iip.identifiers.models import Handle, HandleHistory
 from iip.identifiers.signing import NodeKey, canonical_record
 from iip.kernel.db import Database
+from iip.kernel.ed25519 import sign_all
 from iip.kernel.runtime import Runtime
 from tests.cli.conftest import InProcessIip
 from tests.identifiers.conftest import HomedPrefix
@@ -232,14 +233,16 @@ def test_workers_sign_as_the_key_does() -> None:
     expected = [key.sign(p) for p in payloads]
     assert bulk_signing.sign_here(key, payloads) == expected
     pool = bulk_signing.SignerPool(1)
+    seed = bulk_signing.seed_of(key)
     try:
-        assert pool.submit(key, payloads).result() == expected
+        assert pool.submit(sign_all, seed, payloads).result() == expected
         other = NodeKey(Ed25519PrivateKey.generate())  # one worker serves any key
-        assert pool.submit(other, payloads[:3]).result() == [other.sign(p) for p in payloads[:3]]
+        signed = pool.submit(sign_all, bulk_signing.seed_of(other), payloads[:3]).result()
+        assert signed == [other.sign(p) for p in payloads[:3]]
         [first] = pool.pids()
         os.kill(first, signal.SIGKILL)
-        assert pool.submit(key, payloads).result() == expected  # signed here when a worker has died
-        assert pool.submit(key, payloads).result() == expected  # and by a new worker after
+        assert pool.submit(sign_all, seed, payloads).result() == expected  # signed here when a worker has died
+        assert pool.submit(sign_all, seed, payloads).result() == expected  # and by a new worker after
         [second] = pool.pids()
         assert second != first
     finally:
@@ -260,3 +263,33 @@ def test_search_text_is_split_into_words_only_where_the_tokenizer_does_not() -> 
     assert not catalog.splits_words("sqlite")
     text = catalog.search_text("88.118.8/AB-1", [], {"name": "x_y"}, split_words=False)
     assert text == "88.118.8/AB-1 x_y"
+
+
+def test_rows_encoded_in_the_workers_as_in_this_process() -> None:
+    key = NodeKey(Ed25519PrivateKey.generate())
+    encoding = catalog.RowEncoding(bulk_signing.seed_of(key), "2026-11-30T00:00:00Z", split_words=False)
+    admin = ('{"index": 100}', '{"index":100}')
+    items: list[catalog.RowItem] = [
+        (
+            f"88.1/P{n}",
+            {"url": f"https://e.example/{n}", "template": "part", "attributes": {"part_number": f"P{n}"}},
+            admin,
+        )
+        for n in range(bulk_signing.PARALLEL_MIN_PAYLOADS * 2)
+    ]
+    items[3] = ("88.1/P3", {"url": ""}, admin)
+    items[5] = ("88.1/P5", {"url": "https://e.example/5", "template": "part", "attributes": {"part_number": 5}}, admin)
+    here = catalog.encode_rows(encoding, items)
+    assert here[3] == "url is missing"
+    assert isinstance(here[5], str)
+    assert "part_number" in here[5]
+    first = here[0]
+    assert isinstance(first, tuple)
+    assert first[4] == key.sign(
+        catalog._signed_record(
+            "88.1/P0", [catalog._signed_string(1, "URL", "https://e.example/0", encoding.stamp), admin[1]]
+        )
+    )
+    parts = bulk_signing.in_workers(catalog.encode_rows, encoding, items)
+    assert len(parts.parts) == max(1, min(bulk_signing.worker_count(), 2))  # split among the workers
+    assert parts.result() == here

@@ -1,10 +1,11 @@
-"""Node signatures for many records at once, made in worker processes beside the writer.
+"""Per-row work of bulk registration (encoding, Ed25519 signatures) in worker processes beside the writer.
 
-An Ed25519 signature costs tens of microseconds: for a million handles registered in bulk that is
-most of a CPU core. Large lists are signed in a process pool (`kernel.ed25519`, whose workers import
-only the signature library), one task per part, while the caller checks and writes the rows before
-and after it; small lists are signed in the calling process. The signatures are the node key's own
-(Ed25519 is deterministic), so `signing.verify_row` accepts them like any other.
+Checking, encoding and signing a handle costs tens of microseconds of Python and libsodium: for a
+million handles registered in bulk that is more than a CPU core, while the registering process
+has the database to write. Large lists are split among a process pool, one task per part, while the
+caller admits and writes the rows before and after them; small lists are done in the calling
+process. Signatures are the node key's own (Ed25519 is deterministic), so `signing.verify_row`
+accepts them like any other. A worker imports what its function needs the first time it runs one.
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Generic, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
 from iip.identifiers.signing import NodeKey
 from iip.kernel.ed25519 import sign_all
 
+A = TypeVar("A")
+T = TypeVar("T")
+R = TypeVar("R")
+
 logger = logging.getLogger(__name__)
 
-PARALLEL_MIN_PAYLOADS = 64  # fewer are signed in the calling process: a task costs more than it saves
+PARALLEL_MIN_PAYLOADS = 64  # fewer items are done in the calling process: a task costs more than it saves
 MAX_WORKERS = 4
 
 
-def _seed(key: NodeKey) -> bytes:
+def seed_of(key: NodeKey) -> bytes:
     return key.private_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
@@ -37,7 +43,7 @@ def _seed(key: NodeKey) -> bytes:
 
 def sign_here(key: NodeKey, payloads: Sequence[bytes]) -> list[str]:
     """Base64 signatures of `payloads`, in order, made in this process."""
-    return sign_all(_seed(key), payloads)
+    return sign_all(seed_of(key), payloads)
 
 
 def worker_count() -> int:
@@ -65,23 +71,27 @@ class SignerPool:
                 self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
             return self._executor
 
-    def submit(self, key: NodeKey, payloads: Sequence[bytes]) -> Future[list[str]]:
-        seed, items = _seed(key), list(payloads)
-        done: Future[list[str]] = Future()
+    def submit(self, work: Callable[[A, Sequence[T]], list[R]], common: A, items: Sequence[T]) -> Future[list[R]]:
+        """`work(common, items)` in a worker; in this process when the pool breaks under it."""
+        items = list(items)
+        done: Future[list[R]] = Future()
         executor = self.executor()
         try:
-            task = executor.submit(sign_all, seed, items)
+            task = executor.submit(work, common, items)
         except BrokenProcessPool as err:
             self._replace(executor, err)
-            done.set_result(sign_all(seed, items))
+            done.set_result(work(common, items))
             return done
 
-        def finish(task: Future[list[str]]) -> None:
+        def finish(task: Future[list[R]]) -> None:
             try:
                 done.set_result(task.result())
             except BrokenProcessPool as err:
                 self._replace(executor, err)
-                done.set_result(sign_all(seed, items))
+                try:
+                    done.set_result(work(common, items))
+                except BaseException as again:  # noqa: BLE001 - handed to whoever waits
+                    done.set_exception(again)
             except BaseException as err:  # noqa: BLE001 - handed to whoever waits
                 done.set_exception(err)
 
@@ -127,14 +137,14 @@ def shutdown() -> None:
         pool.close()
 
 
-class Signatures:
-    """Signatures being made, in parts: `result()` waits for them all, in order."""
+class Results(Generic[R]):
+    """Results being made, in parts: `result()` waits for them all, in order."""
 
-    def __init__(self, parts: list[Future[list[str]]]) -> None:
+    def __init__(self, parts: list[Future[list[R]]]) -> None:
         self.parts = parts
 
-    def result(self) -> list[str]:
-        return [signature for part in self.parts for signature in part.result()]
+    def result(self) -> list[R]:
+        return [item for part in self.parts for item in part.result()]
 
 
 def _forget_in_child() -> None:
@@ -148,14 +158,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def sign_many(key: NodeKey, payloads: Sequence[bytes]) -> Signatures:
-    """Base64 signatures of `payloads` by `key`, in order: in worker processes when there are many,
-    split among them so the last of a batch is not left waiting on one."""
-    pool = _shared_pool() if len(payloads) >= PARALLEL_MIN_PAYLOADS else None
+def in_workers(work: Callable[[A, Sequence[T]], list[R]], common: A, items: Sequence[T]) -> Results[R]:
+    """`work(common, items)`, in order: in worker processes when there are many items, split among
+    them so the last of a batch is not left waiting on one. `work` must be a module-level function."""
+    pool = _shared_pool() if len(items) >= PARALLEL_MIN_PAYLOADS else None
     if pool is None:
-        done: Future[list[str]] = Future()
-        done.set_result(sign_here(key, payloads))
-        return Signatures([done])
-    parts = max(1, min(pool.workers, len(payloads) // PARALLEL_MIN_PAYLOADS))
-    size = -(-len(payloads) // parts)
-    return Signatures([pool.submit(key, payloads[at : at + size]) for at in range(0, len(payloads), size)])
+        done: Future[list[R]] = Future()
+        done.set_result(work(common, items))
+        return Results([done])
+    parts = max(1, min(pool.workers, len(items) // PARALLEL_MIN_PAYLOADS))
+    size = -(-len(items) // parts)
+    return Results([pool.submit(work, common, items[at : at + size]) for at in range(0, len(items), size)])
+
+
+def sign_many(key: NodeKey, payloads: Sequence[bytes]) -> Results[str]:
+    """Base64 signatures of `payloads` by `key`, in order (see `in_workers`)."""
+    return in_workers(sign_all, seed_of(key), payloads)

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from sqlalchemy import String, cast, event, false, func, literal_column, select,
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from iip.identifiers.bulk_signing import Signatures, sign_many
+from iip.identifiers.bulk_signing import Results, in_workers, seed_of
 from iip.identifiers.codec import (
     ADMIN_GROUP_INDEX,
     ADMIN_INDEX,
@@ -58,6 +58,7 @@ from iip.identifiers.signing import node_key_for
 from iip.kernel import audit
 from iip.kernel.auth import Principal
 from iip.kernel.db import utcnow
+from iip.kernel.ed25519 import signer
 from iip.kernel.errors import DomainError, Invalid, NotFound
 
 _T = TypeVar("_T")
@@ -568,7 +569,6 @@ HANDLE_COLUMNS = (
     "updated_at",
 )
 HISTORY_COLUMNS = ("tenant_id", "key", "version", "values", "change", "principal", "at")
-_SIGNATURE = HANDLE_COLUMNS.index("signature")
 CHUNK_ROWS = 1000  # rows checked, signed and written together
 FIRST_CHUNK_ROWS = 256  # small, so the signing workers and the writer start early
 # One INSERT per chunk and table: SQLite runs the search index trigger's FTS5 work per statement, so
@@ -577,6 +577,92 @@ FIRST_CHUNK_ROWS = 256  # small, so the signing workers and the writer start ear
 ROWS_PER_INSERT = 1000
 MAX_EXTRA_VALUES = ADMIN_INDEX - 2  # indexes 2..99: the admin value keeps 100
 MAX_CHUNKS_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RowEncoding:
+    """What encoding a batch's rows needs besides the rows; the same for the whole batch."""
+
+    seed: bytes | None  # the node key's; None: not signed
+    stamp: str
+    split_words: bool
+
+
+# An admitted row: its handle, its fields, and the HS_ADMIN value of its prefix (stored, signed).
+RowItem = tuple[str, Mapping[str, Any], tuple[str, str]]
+# The columns a row's encoding gives: values, template, attributes, search text, signature.
+EncodedRow = tuple[str, str | None, str, str, str]
+NOT_UNICODE = "the row holds text that is not valid Unicode (a lone surrogate)"
+
+
+def encode_rows(encoding: RowEncoding, items: Sequence[RowItem]) -> list[EncodedRow | str]:
+    """Each row's columns and signature, or what is wrong with it: the per-row work of a batch,
+    which needs neither the database nor the rest of the batch, and so runs in worker processes."""
+    sign = signer(encoding.seed) if encoding.seed is not None else None
+    encoded: list[EncodedRow | str] = []
+    for handle, fields, admin in items:
+        try:
+            row = _encode_row(encoding, handle, fields, admin)
+        except DomainError as err:
+            encoded.append(err.message)
+        except UnicodeEncodeError:
+            encoded.append(NOT_UNICODE)
+        else:
+            encoded.append((*row[:4], sign(row[4]) if sign is not None else ""))
+    return encoded
+
+
+def _encode_row(
+    encoding: RowEncoding, handle: str, fields: Mapping[str, Any], admin: tuple[str, str]
+) -> tuple[str, str | None, str, str, bytes]:
+    """(values, template, attributes, search text, the bytes to sign); raises DomainError, or
+    UnicodeEncodeError for text that is not valid Unicode."""
+    url = fields.get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise Invalid("url is missing")
+    if len(url) * 4 > MAX_VALUE_BYTES and len(url.encode()) > MAX_VALUE_BYTES:
+        raise Invalid("url is longer than 64 KiB")
+    url = url.strip()
+    stamp = encoding.stamp
+    stored = [_stored_string(1, "URL", url, stamp)]
+    signed = [_signed_string(1, "URL", url, stamp)]
+    extra = fields.get("values")
+    if extra:
+        _extra_values(extra, stored, signed, stamp)
+    stored.append(admin[0])
+    signed.append(admin[1])
+    template_name = fields.get("template") or None
+    if template_name is not None and not isinstance(template_name, str):
+        raise Invalid("template must be a string")
+    attributes = fields.get("attributes")
+    if attributes is None or attributes == "":
+        attributes = {}
+    attributes_json = _checked_attributes(template_name, attributes)
+    searchable = _joined_search_text([handle, url, *_attribute_words(attributes)], split_words=encoding.split_words)
+    searchable.encode()  # raises UnicodeEncodeError for a lone surrogate
+    return f"[{', '.join(stored)}]", template_name, attributes_json, searchable, _signed_record(handle, signed)
+
+
+@lru_cache(maxsize=1024)
+def _usable_value_type(type_text: str) -> bool:
+    return bool(VALUE_TYPE_RE.fullmatch(type_text)) and type_text.upper() not in {"URL", "HS_ADMIN"}
+
+
+def _extra_values(extra: Any, stored: list[str], signed: list[str], stamp: str) -> None:
+    """`{"TYPE": "value"}` as string values from index 2."""
+    if not isinstance(extra, Mapping):
+        raise Invalid("values must be an object of TYPE: value")
+    if len(extra) > MAX_EXTRA_VALUES:
+        raise Invalid(f"at most {MAX_EXTRA_VALUES} values besides the URL")
+    for index, (value_type, data) in enumerate(extra.items(), start=2):
+        type_text = str(value_type)
+        if not _usable_value_type(type_text):
+            raise Invalid(f"invalid value type '{type_text[:70]}'")
+        text = data if type(data) is str else str(data) if isinstance(data, int | float) else None
+        if text is None or (len(text) * 4 > MAX_VALUE_BYTES and len(text.encode()) > MAX_VALUE_BYTES):
+            raise Invalid(f"value {type_text} must be a string of at most 64 KiB")
+        stored.append(_stored_string(index, type_text, text, stamp))
+        signed.append(_signed_string(index, type_text, text, stamp))
 
 
 class BulkRegistration:
@@ -606,14 +692,15 @@ class BulkRegistration:
         self._tenants: set[str] = set()
         self._now = utcnow()
         self._stamp = timestamp(self._now)
-        self._key = node_key_for(session)  # None: unsigned, as sign_row does for such a database
+        key = node_key_for(session)  # None: unsigned, as sign_row does for such a database
         connection = session.connection()
         dialect = connection.dialect
         processor = Handle.__table__.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._bound_now = processor(self._now) if processor else self._now
         self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        self._split_words = splits_words(dialect.name)
-        self._value_types: dict[str, bool] = {}
+        split_words = splits_words(dialect.name)
+        self._encoding = RowEncoding(None if key is None else seed_of(key), self._stamp, split_words)
+        self._checking = RowEncoding(None, self._stamp, split_words)  # after a bad row: nothing to sign
         self._statements: dict[tuple[str, int], str] = {}
         self._writer: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[list[RowError]]] = deque()
@@ -658,12 +745,13 @@ class BulkRegistration:
             found = self._admin_values[prefix] = (json.dumps(value), signed)
         return found
 
-    def _row(self, row: BatchRow) -> tuple[list[Any], bytes]:
-        """The `identifiers_handle` row to insert and the bytes to sign; raises DomainError saying what is wrong."""
+    def _admit(self, row: BatchRow) -> tuple[tuple[str, str, str, str], RowItem]:
+        """The row's (tenant, key, handle, prefix) and what its encoding needs, if this node may
+        register it: the checks that need the batch or the database. Raises DomainError."""
         fields = row.fields
         if row.problem is not None:
             raise Invalid(row.problem)
-        handle, url = fields.get("handle"), fields.get("url")
+        handle = fields.get("handle")
         if not isinstance(handle, str) or not handle:
             raise Invalid("handle is missing")
         handle = handle.strip()
@@ -683,73 +771,10 @@ class BulkRegistration:
         prefix = self._prefix(prefix_key)
         if prefix is None:
             raise Invalid(f"prefix '{prefix_text}' is not homed on this server")
-        if not isinstance(url, str) or not url.strip():
-            raise Invalid("url is missing")
-        if len(url.encode()) > MAX_VALUE_BYTES:
-            raise Invalid("url is longer than 64 KiB")
         if key in self._seen:
             raise Invalid(f"handle '{handle}' appears twice in the batch")
-        url = url.strip()
-        stamp = self._stamp
-        stored = [_stored_string(1, "URL", url, stamp)]
-        signed = [_signed_string(1, "URL", url, stamp)]
-        extra = fields.get("values")
-        if extra:
-            self._extra_values(extra, stored, signed)
-        admin_stored, admin_signed = self._admin(prefix_text)
-        stored.append(admin_stored)
-        signed.append(admin_signed)
-        template_name = fields.get("template") or None
-        if template_name is not None and not isinstance(template_name, str):
-            raise Invalid("template must be a string")
-        attributes = fields.get("attributes")
-        if attributes is None or attributes == "":
-            attributes = {}
-        attributes_json = _checked_attributes(template_name, attributes)
-        searchable = _joined_search_text([handle, url, *_attribute_words(attributes)], split_words=self._split_words)
-        # Encoded before anything is kept: text that is not valid Unicode fails here, on its line.
-        searchable.encode()
-        payload = _signed_record(handle, signed)
         self._seen.add(key)
-        record = [
-            prefix.tenant_id,
-            key,
-            handle,
-            prefix_key,
-            f"[{', '.join(stored)}]",
-            template_name,
-            attributes_json,
-            searchable,
-            "",
-            1,
-            self._bound_now,
-            self._bound_now,
-        ]
-        return record, payload
-
-    def _extra_values(self, extra: Any, stored: list[str], signed: list[str]) -> None:
-        """`{"TYPE": "value"}` as string values from index 2."""
-        if not isinstance(extra, Mapping):
-            raise Invalid("values must be an object of TYPE: value")
-        if len(extra) > MAX_EXTRA_VALUES:
-            raise Invalid(f"at most {MAX_EXTRA_VALUES} values besides the URL")
-        known = self._value_types
-        stamp = self._stamp
-        for index, (value_type, data) in enumerate(extra.items(), start=2):
-            type_text = str(value_type)
-            usable = known.get(type_text)
-            if usable is None:  # a batch uses a few types over and over
-                usable = known[type_text] = bool(VALUE_TYPE_RE.fullmatch(type_text)) and type_text.upper() not in {
-                    "URL",
-                    "HS_ADMIN",
-                }
-            if not usable:
-                raise Invalid(f"invalid value type '{type_text[:70]}'")
-            text = data if type(data) is str else str(data) if isinstance(data, int | float) else None
-            if text is None or (len(text) * 4 > MAX_VALUE_BYTES and len(text.encode()) > MAX_VALUE_BYTES):
-                raise Invalid(f"value {type_text} must be a string of at most 64 KiB")
-            stored.append(_stored_string(index, type_text, text, stamp))
-            signed.append(_signed_string(index, type_text, text, stamp))
+        return (prefix.tenant_id, key, handle, prefix_key), (handle, fields, self._admin(prefix_text))
 
     def add(self, rows: Iterable[BatchRow]) -> None:
         try:
@@ -768,49 +793,62 @@ class BulkRegistration:
             raise
 
     def _prepare(self, rows: list[BatchRow]) -> None:
-        """Check a chunk here; sign it in the workers and queue it for the writer thread."""
+        """Admit a chunk's rows here; encode and sign them in the workers; queue them for the writer thread."""
         lines: list[int] = []
-        records: list[list[Any]] = []
-        payloads: list[bytes] = []
+        heads: list[tuple[str, str, str, str]] = []
+        items: list[RowItem] = []
         for row in rows:
             try:
-                record, payload = self._row(row)
+                head, item = self._admit(row)
             except DomainError as err:
                 self.errors.append(RowError(row.line, str(row.fields.get("handle") or "")[:200], err.message))
-            except UnicodeEncodeError:
-                message = "the row holds text that is not valid Unicode (a lone surrogate)"
-                self.errors.append(RowError(row.line, "", message))
             else:
                 lines.append(row.line)
-                records.append(record)
-                payloads.append(payload)
-        if not records:
+                heads.append(head)
+                items.append(item)
+        if not items:
             return
-        writing = not self.errors  # after a bad row the rest are only checked for taken handles
-        signatures = sign_many(self._key, payloads) if writing and self._key is not None else None
-        self._in_flight.append(self._writer_thread().submit(self._store, lines, records, signatures, writing=writing))
+        writing = not self.errors  # after a bad row the rest are only checked
+        encoding = self._encoding if writing else self._checking
+        encoded = in_workers(encode_rows, encoding, items)
+        self._in_flight.append(self._writer_thread().submit(self._store, lines, heads, encoded, writing=writing))
         while len(self._in_flight) > MAX_CHUNKS_IN_FLIGHT or (self._in_flight and self._in_flight[0].done()):
             self.errors.extend(self._in_flight.popleft().result())
 
     def _store(
-        self, lines: list[int], records: list[list[Any]], signatures: Signatures | None, *, writing: bool
+        self,
+        lines: list[int],
+        heads: list[tuple[str, str, str, str]],
+        encoded: Results[EncodedRow | str],
+        *,
+        writing: bool,
     ) -> list[RowError]:
-        """On the writer thread: the chunk's rows whose handles are taken, or else the chunk inserted."""
-        keys = [record[1] for record in records]
-        taken = set(self.session.scalars(select(Handle.key).where(Handle.key.in_(keys))))
-        if taken:
+        """On the writer thread: the chunk's wrong rows and taken handles, or else the chunk inserted."""
+        keys = [head[1] for head in heads]
+        # The driver's own statement, cached by its size: compiling 1000 bound keys each time is not free.
+        found = self.session.connection().exec_driver_sql(self._taken_statement(len(keys)), tuple(keys))
+        taken = {row[0] for row in found}
+        results = encoded.result()
+        errors = [
+            RowError(line, head[2], result if type(result) is str else f"handle '{head[2]}' already exists")
+            for line, head, result in zip(lines, heads, results, strict=True)
+            if type(result) is str or head[1] in taken
+        ]
+        if errors:
             self._refused = True
-            return [
-                RowError(line, record[2], f"handle '{record[2]}' already exists")
-                for line, record in zip(lines, records, strict=True)
-                if record[1] in taken
-            ]
+            return errors
         if writing and not self._refused:
-            if signatures is not None:
-                for record, signature in zip(records, signatures.result(), strict=True):
-                    record[_SIGNATURE] = signature
-            self._insert(records)
+            now = self._bound_now
+            self._insert([(*head, *result, 1, now, now) for head, result in zip(heads, results, strict=True)])
         return []
+
+    def _taken_statement(self, rows: int) -> str:
+        statement = self._statements.get(("taken", rows))
+        if statement is None:
+            marks = ", ".join([self._mark] * rows)
+            statement = f"SELECT key FROM identifiers_handle WHERE key IN ({marks})"  # noqa: S608 - constants
+            self._statements[("taken", rows)] = statement
+        return statement
 
     def _statement(self, table_name: str, columns: Sequence[str], rows: int) -> str:
         statement = self._statements.get((table_name, rows))
@@ -821,7 +859,7 @@ class BulkRegistration:
             self._statements[(table_name, rows)] = statement
         return statement
 
-    def _insert(self, records: list[list[Any]]) -> None:
+    def _insert(self, records: list[tuple[Any, ...]]) -> None:
         connection = self.session.connection()
         label = self.actor.label[:200]
         for start in range(0, len(records), ROWS_PER_INSERT):
