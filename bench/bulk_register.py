@@ -25,8 +25,8 @@ from sqlalchemy import func, insert, select, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Result, benchmark_databases, report
-from iip.identifiers import bulk_signing, catalog, signing
-from iip.identifiers.bulk_signing import worker_count
+from iip.identifiers import bulk_workers, catalog, signing
+from iip.identifiers.bulk_workers import worker_count
 from iip.identifiers.models import Handle
 from iip.identifiers.service import HandleService
 from iip.kernel.auth import AccessService, Principal, Role
@@ -49,8 +49,8 @@ def row(n: int, prefix: str = PREFIX) -> dict[str, object]:
 
 
 def worker_cpu_seconds() -> float:
-    """CPU time of the signing worker processes so far (Linux /proc; 0 elsewhere)."""
-    pool = bulk_signing._pool
+    """CPU time of the bulk worker processes so far (Linux /proc; 0 elsewhere)."""
+    pool = bulk_workers._pool
     if pool is None:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
@@ -65,7 +65,7 @@ def worker_cpu_seconds() -> float:
 
 
 def ours(db: Database, actor: Principal, total: int, batch: int) -> tuple[float, float, float]:
-    """Wall seconds, and CPU seconds of this process and of the signing workers."""
+    """Wall seconds, and CPU seconds of this process and of the workers."""
     cpu, workers = time.process_time(), worker_cpu_seconds()
     started = time.perf_counter()
     for start in range(0, total, batch):
@@ -136,13 +136,13 @@ def measure(label: str, url: str, total: int, batch: int, data_dir: Path) -> lis
     assert count == total, count
     db.dispose()
     print(
-        f"{label}: {total:,} identifiers in batches of {batch:,}, signed ({worker_count()} signing workers): "
+        f"{label}: {total:,} identifiers in batches of {batch:,}, signed ({worker_count()} workers): "
         f"{seconds:.1f} s ({total / seconds:,.0f}/s); plain INSERT {base:.1f} s ({total / base:,.0f}/s)"
     )
     # CPU time is disturbed less than wall time by other work on the machine.
     print(
-        f"{label}: CPU {cpu:.1f} s in this process (checks, encoding, writer thread) + {worker_cpu:.1f} s in "
-        f"the signing workers = {(cpu + worker_cpu) / total * 1e6:.0f} µs per identifier; "
+        f"{label}: CPU {cpu:.1f} s in this process (admitting, writer thread) + {worker_cpu:.1f} s in "
+        f"the workers (checks, encoding, signing) = {(cpu + worker_cpu) / total * 1e6:.0f} µs per identifier; "
         f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     return [

@@ -11,7 +11,7 @@ match as substrings of `search_text` instead, since neither tokenizer splits the
 
 Bulk registration is atomic: every row is checked, all errors are reported with their line
 numbers, and nothing is written unless every row is good. Every row is signed by the node key like
-a single registration (the signing runs in worker processes, see `bulk_signing`), and rows are
+a single registration (the per-row work runs in worker processes, see `bulk_workers`), and rows are
 written with multi-row inserts by a writer thread while the next chunk is checked.
 """
 
@@ -36,7 +36,7 @@ from sqlalchemy import String, cast, event, false, func, literal_column, select,
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from iip.identifiers.bulk_signing import Results, in_workers, seed_of
+from iip.identifiers.bulk_workers import Results, in_workers, seed_of
 from iip.identifiers.codec import (
     ADMIN_GROUP_INDEX,
     ADMIN_INDEX,
@@ -570,7 +570,7 @@ HANDLE_COLUMNS = (
 )
 HISTORY_COLUMNS = ("tenant_id", "key", "version", "values", "change", "principal", "at")
 CHUNK_ROWS = 1000  # rows checked, signed and written together
-FIRST_CHUNK_ROWS = 256  # small, so the signing workers and the writer start early
+FIRST_CHUNK_ROWS = 256  # small, so the workers and the writer start early
 # One INSERT per chunk and table: SQLite runs the search index trigger's FTS5 work per statement, so
 # one statement per row (executemany) costs several times more. 1000 x 12 parameters stays within
 # SQLite's (32766 since 3.32) and PostgreSQL's (65535) limits.
@@ -669,10 +669,10 @@ class BulkRegistration:
     """Registers many new handles in one transaction: `add` rows (in chunks), then `finish`.
 
     Rows are checked, signed (by the node key, as single registrations are) and inserted in
-    chunks, three at a time in a pipeline: this thread checks and encodes a chunk while worker
-    processes sign the one before and a writer thread inserts the one before that (the database
-    driver releases the GIL while it works, so the insert overlaps the checks). The session is
-    only used by the writer thread until `finish`.
+    chunks, in a pipeline: this thread admits a chunk's rows (`_admit`: the checks that need the
+    database or the rest of the batch), worker processes check, encode and sign them (`encode_rows`)
+    and a writer thread inserts the chunks before (the database driver releases the GIL while it
+    works). The session is only used by the writer thread until `finish`.
 
     After the first bad row nothing more is written, the rest are only checked, and `finish`
     raises `BatchRejected` listing every bad row. The caller then rolls the transaction back.
@@ -784,7 +784,7 @@ class BulkRegistration:
                 if len(chunk) >= self._chunk_rows:
                     self._prepare(chunk)
                     chunk = []
-                    # Small chunks first, so the signing workers and the writer start early.
+                    # Small chunks first, so the workers and the writer start early.
                     self._chunk_rows = min(self._chunk_rows * 2, CHUNK_ROWS)
             if chunk:
                 self._prepare(chunk)

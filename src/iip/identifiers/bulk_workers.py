@@ -23,7 +23,6 @@ from typing import Generic, TypeVar
 from cryptography.hazmat.primitives import serialization
 
 from iip.identifiers.signing import NodeKey
-from iip.kernel.ed25519 import sign_all
 
 A = TypeVar("A")
 T = TypeVar("T")
@@ -31,7 +30,7 @@ R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
 
-PARALLEL_MIN_PAYLOADS = 64  # fewer items are done in the calling process: a task costs more than it saves
+PARALLEL_MIN_ITEMS = 64  # fewer items are done in the calling process: a task costs more than it saves
 MAX_WORKERS = 4
 
 
@@ -41,13 +40,8 @@ def seed_of(key: NodeKey) -> bytes:
     )
 
 
-def sign_here(key: NodeKey, payloads: Sequence[bytes]) -> list[str]:
-    """Base64 signatures of `payloads`, in order, made in this process."""
-    return sign_all(seed_of(key), payloads)
-
-
 def worker_count() -> int:
-    """Worker processes to sign with: one per core the process may use, none on a single core."""
+    """Worker processes: one per core the process may use, none on a single core."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -55,8 +49,8 @@ def worker_count() -> int:
     return 0 if cores < 2 else min(cores, MAX_WORKERS)
 
 
-class SignerPool:
-    """A process pool that signs; a broken pool (a worker killed) is replaced, its task signed here."""
+class WorkerPool:
+    """A process pool; a broken pool (a worker killed) is replaced, and its task done in this process."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -103,7 +97,7 @@ class SignerPool:
         return list(executor._processes) if executor is not None and executor._processes else []
 
     def _replace(self, broken: ProcessPoolExecutor, err: BaseException) -> None:
-        logger.warning("signing in process: %s", err)
+        logger.warning("bulk work in this process: %s", err)
         with self._lock:
             if self._executor is broken:
                 self._executor = None
@@ -116,15 +110,15 @@ class SignerPool:
             executor.shutdown(wait=True)
 
 
-_pool: SignerPool | None = None
+_pool: WorkerPool | None = None
 _pool_lock = threading.Lock()
 
 
-def _shared_pool() -> SignerPool | None:
+def _shared_pool() -> WorkerPool | None:
     global _pool  # noqa: PLW0603 - one pool per process, started on first use
     with _pool_lock:
         if _pool is None and worker_count():
-            _pool = SignerPool(worker_count())
+            _pool = WorkerPool(worker_count())
         return _pool
 
 
@@ -161,16 +155,11 @@ if hasattr(os, "register_at_fork"):
 def in_workers(work: Callable[[A, Sequence[T]], list[R]], common: A, items: Sequence[T]) -> Results[R]:
     """`work(common, items)`, in order: in worker processes when there are many items, split among
     them so the last of a batch is not left waiting on one. `work` must be a module-level function."""
-    pool = _shared_pool() if len(items) >= PARALLEL_MIN_PAYLOADS else None
+    pool = _shared_pool() if len(items) >= PARALLEL_MIN_ITEMS else None
     if pool is None:
         done: Future[list[R]] = Future()
         done.set_result(work(common, items))
         return Results([done])
-    parts = max(1, min(pool.workers, len(items) // PARALLEL_MIN_PAYLOADS))
+    parts = max(1, min(pool.workers, len(items) // PARALLEL_MIN_ITEMS))
     size = -(-len(items) // parts)
     return Results([pool.submit(work, common, items[at : at + size]) for at in range(0, len(items), size)])
-
-
-def sign_many(key: NodeKey, payloads: Sequence[bytes]) -> Results[str]:
-    """Base64 signatures of `payloads` by `key`, in order (see `in_workers`)."""
-    return in_workers(sign_all, seed_of(key), payloads)

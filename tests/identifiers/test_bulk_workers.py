@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from iip.identifiers import bulk_signing, catalog
+from iip.identifiers import bulk_workers, catalog
 from iip.identifiers.codec import CONTROL_RE, DEFAULT_TTL
 from iip.identifiers.models import Handle, HandleHistory
 from iip.identifiers.signing import NodeKey, canonical_record
@@ -229,15 +229,15 @@ def test_compiled_quick_check_agrees_with_the_quick_check(name: str, attributes:
 
 def test_workers_sign_as_the_key_does() -> None:
     key = NodeKey(Ed25519PrivateKey.generate())
-    payloads = [f'{{"handle":"88.1/{n}","values":[]}}'.encode() for n in range(bulk_signing.PARALLEL_MIN_PAYLOADS + 5)]
+    payloads = [f'{{"handle":"88.1/{n}","values":[]}}'.encode() for n in range(bulk_workers.PARALLEL_MIN_ITEMS + 5)]
     expected = [key.sign(p) for p in payloads]
-    assert bulk_signing.sign_here(key, payloads) == expected
-    pool = bulk_signing.SignerPool(1)
-    seed = bulk_signing.seed_of(key)
+    assert sign_all(bulk_workers.seed_of(key), payloads) == expected
+    pool = bulk_workers.WorkerPool(1)
+    seed = bulk_workers.seed_of(key)
     try:
         assert pool.submit(sign_all, seed, payloads).result() == expected
         other = NodeKey(Ed25519PrivateKey.generate())  # one worker serves any key
-        signed = pool.submit(sign_all, bulk_signing.seed_of(other), payloads[:3]).result()
+        signed = pool.submit(sign_all, bulk_workers.seed_of(other), payloads[:3]).result()
         assert signed == [other.sign(p) for p in payloads[:3]]
         [first] = pool.pids()
         os.kill(first, signal.SIGKILL)
@@ -267,7 +267,7 @@ def test_search_text_is_split_into_words_only_where_the_tokenizer_does_not() -> 
 
 def test_rows_encoded_in_the_workers_as_in_this_process() -> None:
     key = NodeKey(Ed25519PrivateKey.generate())
-    encoding = catalog.RowEncoding(bulk_signing.seed_of(key), "2026-11-30T00:00:00Z", split_words=False)
+    encoding = catalog.RowEncoding(bulk_workers.seed_of(key), "2026-11-30T00:00:00Z", split_words=False)
     admin = ('{"index": 100}', '{"index":100}')
     items: list[catalog.RowItem] = [
         (
@@ -275,12 +275,14 @@ def test_rows_encoded_in_the_workers_as_in_this_process() -> None:
             {"url": f"https://e.example/{n}", "template": "part", "attributes": {"part_number": f"P{n}"}},
             admin,
         )
-        for n in range(bulk_signing.PARALLEL_MIN_PAYLOADS * 2)
+        for n in range(bulk_workers.PARALLEL_MIN_ITEMS * 2)
     ]
     items[3] = ("88.1/P3", {"url": ""}, admin)
     items[5] = ("88.1/P5", {"url": "https://e.example/5", "template": "part", "attributes": {"part_number": 5}}, admin)
+    items[7] = ("88.1/P7", {"url": "https://e.example/\ud800"}, admin)
     here = catalog.encode_rows(encoding, items)
     assert here[3] == "url is missing"
+    assert here[7] == catalog.NOT_UNICODE
     assert isinstance(here[5], str)
     assert "part_number" in here[5]
     first = here[0]
@@ -290,6 +292,6 @@ def test_rows_encoded_in_the_workers_as_in_this_process() -> None:
             "88.1/P0", [catalog._signed_string(1, "URL", "https://e.example/0", encoding.stamp), admin[1]]
         )
     )
-    parts = bulk_signing.in_workers(catalog.encode_rows, encoding, items)
-    assert len(parts.parts) == max(1, min(bulk_signing.worker_count(), 2))  # split among the workers
+    parts = bulk_workers.in_workers(catalog.encode_rows, encoding, items)
+    assert len(parts.parts) == max(1, min(bulk_workers.worker_count(), 2))  # split among the workers
     assert parts.result() == here
