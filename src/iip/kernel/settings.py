@@ -100,6 +100,32 @@ class IdentifierSettings(BaseModel):
         return value
 
 
+class DevicesSettings(BaseModel):
+    """Plant connectivity: the MQTT broker devices publish to, ingest batching, what counts as bad input."""
+
+    mqtt_url: str = Field(
+        default="",
+        description="Broker devices publish to, mqtt://[user:pass@]host:port; empty: `iip run` starts an embedded one.",
+    )
+    embedded_broker_port: int = Field(default=1883, ge=1, le=65535, description="Port of the embedded broker.")
+    mqtt_client_id: str = Field(default="iip-platform", description="Client id (persistent session) on the broker.")
+    sparkplug_host_id: str = Field(default="iip", description="Sparkplug host application id (STATE topic).")
+    batch_max_points: int = Field(default=5_000, ge=1, description="Points collected before a batch is published.")
+    batch_max_ms: int = Field(default=50, ge=1, description="Longest a point waits to be batched, milliseconds.")
+    max_future_skew_s: int = Field(default=300, ge=0, description="Timestamps further in the future are rejected.")
+    offline_after_s: int = Field(default=300, ge=1, description="A device silent this long is marked offline.")
+    command_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Wait for a command's acknowledgement.")
+
+
+class TelemetrySettings(BaseModel):
+    """The time-series store."""
+
+    retention_days: int = Field(
+        default=400, ge=1, description="Raw points older than this are deleted (per tenant override)."
+    )
+    rollups: bool = Field(default=True, description="Maintain 1-minute and 1-hour rollups continuously.")
+
+
 class Settings(BaseSettings):
     """All configuration of one IIP process. Environment prefix `IIP_`, nested sections use `__`."""
 
@@ -125,6 +151,8 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     identifiers: IdentifierSettings = Field(default_factory=IdentifierSettings)
+    devices: DevicesSettings = Field(default_factory=DevicesSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("bus")
     @classmethod

@@ -1,0 +1,1 @@
+"""ORM models of the device registry (tables prefixed `devices_`)."""

@@ -1,0 +1,5 @@
+"""Placeholder, filled in by this context's work."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,1 @@
+"""ORM models of the time-series store and the twin (tables prefixed `telemetry_`)."""

@@ -1,0 +1,138 @@
+"""What other contexts may use of `telemetry`: the point batch, the bus subjects, the quality codes.
+
+Points travel on the bus in columnar batches (one per tenant): a per-message model costs more to
+encode and validate than the store costs to write, and ingest reaches tens of thousands of points a
+second only in batches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, Field, model_validator
+
+from iip.kernel.bus import Subject
+
+
+class Quality(IntEnum):
+    """Quality of a point, coarse like OPC UA's status severity."""
+
+    GOOD = 0
+    UNCERTAIN = 1
+    BAD = 2
+
+
+class Point(NamedTuple):
+    device: str
+    metric: str
+    ts_ms: int  # Unix epoch, milliseconds, UTC
+    value: float
+    quality: int = Quality.GOOD
+
+
+class PointBatch(BaseModel):
+    """Points of one tenant, columnar: point i is `series[series_index[i]]` at `ts_ms[i]`.
+
+    `series` holds distinct `(device key, metric name)` pairs. `attributes` carries non-numeric
+    values reported by devices (firmware, text states) for the twin only: device key -> name -> value.
+    """
+
+    tenant_id: str
+    series: list[tuple[str, str]] = Field(default_factory=list)
+    series_index: list[int] = Field(default_factory=list)
+    ts_ms: list[int] = Field(default_factory=list)
+    value: list[float] = Field(default_factory=list)
+    quality: list[int] = Field(default_factory=list)
+    attributes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    source: str = Field(
+        default="", description="how the points arrived: mqtt, sparkplug, modbus, opcua, http, edge, sim"
+    )
+
+    @model_validator(mode="after")
+    def _columns_align(self) -> PointBatch:
+        n = len(self.series_index)
+        if not (len(self.ts_ms) == len(self.value) == len(self.quality) == n):
+            raise ValueError("series_index, ts_ms, value and quality must have the same length")
+        if n and (min(self.series_index) < 0 or max(self.series_index) >= len(self.series)):
+            raise ValueError("series_index out of range")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.series_index)
+
+    def points(self) -> Iterator[Point]:
+        series = self.series
+        for i, ts, value, quality in zip(self.series_index, self.ts_ms, self.value, self.quality, strict=True):
+            device, metric = series[i]
+            yield Point(device, metric, ts, value, quality)
+
+
+class PointBatchBuilder:
+    """Collects points of one tenant into a `PointBatch`."""
+
+    def __init__(self, tenant_id: str, source: str = "") -> None:
+        self.tenant_id = tenant_id
+        self.source = source
+        self._series: dict[tuple[str, str], int] = {}
+        self._index: list[int] = []
+        self._ts: list[int] = []
+        self._value: list[float] = []
+        self._quality: list[int] = []
+        self._attributes: dict[str, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def add(self, device: str, metric: str, ts_ms: int, value: float, quality: int = Quality.GOOD) -> None:
+        key = (device, metric)
+        index = self._series.get(key)
+        if index is None:
+            index = self._series[key] = len(self._series)
+        self._index.append(index)
+        self._ts.append(ts_ms)
+        self._value.append(value)
+        self._quality.append(int(quality))
+
+    def attribute(self, device: str, name: str, value: Any) -> None:
+        self._attributes.setdefault(device, {})[name] = value
+
+    def build(self) -> PointBatch:
+        return PointBatch.model_construct(
+            tenant_id=self.tenant_id,
+            series=list(self._series),
+            series_index=self._index,
+            ts_ms=self._ts,
+            value=self._value,
+            quality=self._quality,
+            attributes=self._attributes,
+            source=self.source,
+        )
+
+
+class DeviceStatus(BaseModel):
+    """A device came online or went offline (published by `devices`, kept on the twin)."""
+
+    tenant_id: str
+    device: str
+    online: bool
+    at: dt.datetime
+    reason: str = ""
+
+
+class DesiredChange(BaseModel):
+    """A desired attribute set on a twin; `devices` turns it into a command to the device."""
+
+    tenant_id: str
+    device: str
+    name: str  # metric or attribute name
+    value: Any
+    requested_by: str  # principal id
+    request_id: str
+
+
+TELEMETRY_POINTS: Subject[PointBatch] = Subject("telemetry.points", PointBatch)
+DEVICE_STATUS: Subject[DeviceStatus] = Subject("devices.status", DeviceStatus)
+TWIN_DESIRED: Subject[DesiredChange] = Subject("telemetry.desired", DesiredChange)
