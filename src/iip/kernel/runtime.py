@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from iip.kernel.bus import Bus, create_bus
 from iip.kernel.db import Database
@@ -16,6 +17,9 @@ class Runtime:
     db: Database
     bus: Bus
     modules: tuple[Module, ...] = field(default_factory=tuple)
+    # Process-wide objects a context's lifespan starts and its routers use (a twin cache, an
+    # ingest client), keyed "<context>.<name>"; nothing here survives a restart.
+    services: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings, *, modules: tuple[Module, ...] | None = None) -> Runtime:
