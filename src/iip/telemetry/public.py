@@ -136,3 +136,28 @@ class DesiredChange(BaseModel):
 TELEMETRY_POINTS: Subject[PointBatch] = Subject("telemetry.points", PointBatch)
 DEVICE_STATUS: Subject[DeviceStatus] = Subject("devices.status", DeviceStatus)
 TWIN_DESIRED: Subject[DesiredChange] = Subject("telemetry.desired", DesiredChange)
+
+
+# --- the time-series store -------------------------------------------------------------------
+
+from iip.kernel.runtime import Runtime  # noqa: E402 - the store's entry points follow the shared contract
+
+
+def store_points(runtime: Runtime, batch: PointBatch) -> int:
+    """Write a batch to the store (synchronously; from asyncio use `asyncio.to_thread`).
+
+    Idempotent on (series, timestamp): a point written again keeps its first value. Returns how many
+    points were new. Raises `iip.kernel.errors.Invalid` for a batch the store refuses (non-finite
+    values, timestamps outside 1970-9999, over-long names), writing none of it.
+    """
+    from iip.telemetry.store import store_of
+
+    return store_of(runtime).write(batch)
+
+
+def latest_points(runtime: Runtime, tenant_id: str, device: str) -> dict[str, tuple[int, float, int]]:
+    """The newest stored point of each metric of a device: metric -> (ts_ms, value, quality)."""
+    from iip.telemetry.store import store_of
+
+    rows = store_of(runtime).latest_of(tenant_id, [device])
+    return {metric: (ts, value, quality) for _, _, metric, ts, value, quality in rows}
