@@ -1,0 +1,429 @@
+"""MQTT ingest: one persistent subscriber that decodes device messages and batches them onto the bus.
+
+Subscriptions (QoS 1): `iip/+/+/telemetry` and `v1/devices/me/telemetry` (JSON, `codecs.mqtt_json`),
+and `spBv1.0/#` when a Sparkplug host application is given (its outcomes' `publish` items, such as
+rebirth requests, are published for it, and its STATE birth and will are used for the connection).
+
+The session is persistent (MQTT 3.1.1, clean session off, the configured client id), so a broker
+keeps QoS 1 messages for the platform while it is away, and the client reconnects forever with
+capped exponential backoff. Messages are acknowledged once decoded into the batcher, which
+publishes within `batch_max_ms`; a crash of the process can lose that window, a broker restart
+loses nothing. A message that cannot be decoded is filed as a dead letter; nothing stops the loop.
+
+Throughput: messages are handled inside paho's read callback, without aiomqtt's per-message
+`Message`, queue and task, and the socket is read in chunks instead of paho's few-bytes reads: the
+two together more than double the messages a core takes. Both hook into internals of the pinned
+aiomqtt 2 and paho-mqtt 2 (`Client._on_message`, `Client._on_socket_open`, paho's use of a socket's
+`pending()`); should a later version drop them, messages arrive through aiomqtt's public iterator
+instead, which is handled the same way, only slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from iip.devices.codecs.mqtt_json import THINGSBOARD_TOPIC, TOPIC_FILTER, decode_message, rejection
+from iip.devices.directory import DeadLetterSink, DeviceDirectory, IngestOutcome
+from iip.devices.ingest.batcher import IngestBatcher, IngestStats
+from iip.kernel.bus import Bus
+from iip.kernel.settings import DevicesSettings, SettingsError
+
+if TYPE_CHECKING:
+    from iip.kernel.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+SPARKPLUG_PREFIX = "spBv1.0/"
+SPARKPLUG_FILTER = "spBv1.0/#"
+SERVICE_KEY = "devices.mqtt_ingest"  # key of the running ingest in `Runtime.services`
+KEEPALIVE_S = 30
+READ_CHUNK = 32 * 1024  # about 300 small messages: a few milliseconds of work per loop turn
+
+
+class HostApplication(Protocol):
+    """A Sparkplug B host application, as MQTT ingest drives it."""
+
+    def on_message(self, topic: str, payload: bytes) -> IngestOutcome: ...
+
+    def state_topic(self) -> str: ...
+
+    def online_payload(self) -> bytes: ...
+
+    def offline_payload(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """`mqtt://[user:password@]host[:port]` (`mqtts://` for TLS); a bad URL is a settings error."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as err:
+            raise SettingsError(f"invalid settings: IIP_DEVICES__MQTT_URL: {err}") from None
+        if parts.scheme not in {"mqtt", "mqtts", "tcp", "ssl"} or not parts.hostname:
+            raise SettingsError(
+                "invalid settings: IIP_DEVICES__MQTT_URL: must look like mqtt://[user:password@]host:port "
+                "(mqtts:// for TLS)"
+            )
+        tls = parts.scheme in {"mqtts", "ssl"}
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username is not None else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            tls=tls,
+        )
+
+
+class _ChunkedSocket:
+    """A socket read in chunks, handed to paho a few bytes at a time.
+
+    paho reads a packet with three or more `recv` calls; serving them from one read saves those
+    system calls. `pending()` tells aiomqtt's read loop that bytes are waiting here although the
+    kernel socket may be drained. One chunk is read per event-loop turn: past it, `recv` says
+    "would block" while the kernel socket stays readable, so the loop runs its other work (batch
+    timers, acknowledgements) before the next chunk.
+    """
+
+    __slots__ = ("_buffer", "_loop", "_position", "_sock", "_turn_spent")
+
+    def __init__(self, sock: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._loop = loop
+        self._buffer = b""
+        self._position = 0
+        self._turn_spent = False
+
+    def recv(self, size: int) -> bytes:
+        buffer: bytes = self._buffer
+        position = self._position
+        if position >= len(buffer):
+            if self._turn_spent:
+                raise BlockingIOError
+            buffer = self._sock.recv(READ_CHUNK)  # BlockingIOError when empty, as paho expects
+            if not buffer:
+                return buffer
+            self._turn_spent = True
+            self._loop.call_soon_threadsafe(self._next_turn)
+            self._buffer = buffer
+            position = 0
+        end = position + size
+        self._position = min(end, len(buffer))
+        return buffer[position:end]
+
+    def _next_turn(self) -> None:
+        self._turn_spent = False
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._buffer) - self._position + inner
+
+    def send(self, data: bytes | bytearray) -> int:
+        return int(self._sock.send(data))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _IngestClient(aiomqtt.Client):
+    """aiomqtt's client, handing every message straight to `handle` from paho's read callback."""
+
+    def __init__(self, handle: Callable[[paho.MQTTMessage], None], *args: Any, **kwargs: Any) -> None:
+        self._handle = handle
+        super().__init__(*args, **kwargs)
+        # paho logs two lines per QoS 1 message at DEBUG; even filtered out, that costs a few per cent.
+        # Connection failures still surface as aiomqtt errors, which ingest logs.
+        self._client.disable_logger()
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._handle(message)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if hasattr(client, "_sock") and client._sock is sock:
+            sock = client._sock = _ChunkedSocket(sock, self._loop)
+        super()._on_socket_open(client, userdata, sock)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MqttIngest:
+    """Subscribes to device topics on `settings.mqtt_url` and feeds the bus; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: DevicesSettings,
+        bus: Bus,
+        directory: DeviceDirectory,
+        dead_letters: DeadLetterSink,
+        sparkplug_host: HostApplication | None = None,
+        *,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        blocking_sink: bool = True,
+        now_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.address = BrokerAddress.parse(settings.mqtt_url)
+        self._client_id = settings.mqtt_client_id
+        self._directory = directory
+        self._host = sparkplug_host
+        self._max_future_ms = settings.max_future_skew_s * 1000
+        self._now_ms = now_ms
+        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self.batcher = IngestBatcher.from_settings(settings, bus, dead_letters, blocking_sink=blocking_sink)
+        self._connected = asyncio.Event()
+        self._client: _IngestClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._outgoing: set[asyncio.Task[None]] = set()
+        self.connections = 0  # successful connections so far
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def stats(self) -> IngestStats:
+        return self.batcher.stats
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        base = (TOPIC_FILTER, THINGSBOARD_TOPIC)
+        return (*base, SPARKPLUG_FILTER) if self._host is not None else base
+
+    async def start(self) -> None:
+        """Start the batcher and the connection loop; returns at once (the broker may still be down)."""
+        if self._task is not None:
+            return
+        await self.batcher.start()
+        self._task = asyncio.create_task(self._run(), name="iip-mqtt-ingest")
+
+    async def wait_connected(self, within_s: float) -> None:
+        """Wait until connected and subscribed; TimeoutError after `within_s` seconds."""
+        await asyncio.wait_for(self._connected.wait(), within_s)
+
+    async def stop(self) -> None:
+        """Say goodbye (Sparkplug STATE offline), disconnect cleanly, publish what is batched."""
+        if self._task is None:
+            return
+        client = self._client
+        if client is not None and self._host is not None and self.connected:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(
+                    self._host.state_topic(), self._host.offline_payload(), qos=1, retain=True, timeout=2
+                )
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        for task in list(self._outgoing):
+            task.cancel()
+        await self.batcher.stop()
+
+    async def _run(self) -> None:
+        delay = self._reconnect[0]
+        while True:
+            connections = self.connections
+            try:
+                await self._session()
+            except aiomqtt.MqttError as err:
+                logger.warning(
+                    "MQTT connection to %s:%d lost or refused (%s)", self.address.host, self.address.port, err
+                )
+            except Exception:  # anything else: log it, and keep trying as for a lost connection
+                logger.exception("MQTT ingest failed; reconnecting")
+            finally:
+                self._connected.clear()
+                self._client = None
+            if self.connections > connections:  # it was up: start the backoff over
+                delay = self._reconnect[0]
+            await asyncio.sleep(delay * (0.75 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, self._reconnect[1])
+
+    async def _session(self) -> None:
+        """One connection: subscribe, announce, then run until the broker goes away."""
+        host = self._host
+        will = None
+        if host is not None:
+            will = aiomqtt.Will(host.state_topic(), host.offline_payload(), qos=1, retain=True)
+        address = self.address
+        client = _IngestClient(
+            self._on_paho_message,
+            address.host,
+            address.port,
+            username=address.username,
+            password=address.password,
+            identifier=self._client_id,
+            clean_session=False,
+            will=will,
+            keepalive=KEEPALIVE_S,
+            tls_context=ssl.create_default_context() if address.tls else None,
+        )
+        async with client:
+            self._client = client  # a persistent session's queue may arrive before the subscriptions
+            codes = await client.subscribe([(topic, 1) for topic in self.topics])
+            refused = [t for t, code in zip(self.topics, codes, strict=False) if _code(code) >= 0x80]
+            if refused:
+                logger.error("the MQTT broker refused subscriptions to %s", ", ".join(refused))
+            if host is not None:
+                await client.publish(host.state_topic(), host.online_payload(), qos=1, retain=True)
+            self.connections += 1
+            self._connected.set()
+            logger.info("MQTT ingest connected to %s:%d as %s", address.host, address.port, self._client_id)
+            # Messages go to `_on_paho_message` directly, so this only waits for the disconnection.
+            async for message in client.messages:
+                self._handle(message.topic.value, message.payload)
+
+    # --- the per-message path ------------------------------------------------------------------
+
+    def _on_paho_message(self, message: paho.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = repr(message._topic)  # MQTT requires UTF-8; file it under what was received
+        self._handle(topic, message.payload)
+
+    def _handle(self, topic: str, payload: object) -> None:
+        """Decode one message into the batcher; never raises (paho would drop the connection)."""
+        if type(payload) is not bytes:  # paho gives bytes; anything else is made bytes, never trusted
+            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else b""
+        source = "mqtt"
+        try:
+            if topic.startswith(SPARKPLUG_PREFIX):
+                source = "sparkplug"
+                if self._host is None:
+                    outcome = rejection("no Sparkplug host application runs here")
+                else:
+                    outcome = self._host.on_message(topic, payload)
+                    if outcome.publish:
+                        self._send(outcome)
+            else:
+                outcome = decode_message(
+                    topic, payload, self._directory, now_ms=self._now_ms(), max_future_ms=self._max_future_ms
+                )
+            self.batcher.add(outcome, source=source, topic=topic, raw=payload)
+        except Exception as err:
+            logger.exception("ingest failed on a message on %r", topic)
+            with contextlib.suppress(Exception):
+                failed = rejection(f"ingest failed on this message: {type(err).__name__}: {err}")
+                self.batcher.add(failed, source=source, topic=topic, raw=payload)
+
+    def _send(self, outcome: IngestOutcome) -> None:
+        client = self._client
+        if client is None:
+            logger.warning("not connected: %d Sparkplug messages not sent", len(outcome.publish))
+            return
+        for topic, payload, qos, retain in outcome.publish:
+            task = asyncio.get_running_loop().create_task(self._publish(client, topic, payload, qos, retain))
+            self._outgoing.add(task)
+            task.add_done_callback(self._outgoing.discard)
+
+    @staticmethod
+    async def _publish(client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as err:
+            logger.warning("could not publish to %s: %s", topic, err)
+
+
+def _code(code: object) -> int:
+    value = getattr(code, "value", code)
+    return value if isinstance(value, int) else 0
+
+
+BROKER_SERVICE = "devices.embedded_broker"
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@asynccontextmanager
+async def ingest_lifespan(
+    runtime: Runtime,
+    directory: DeviceDirectory,
+    dead_letters: DeadLetterSink,
+    host: HostApplication | None = None,
+    *,
+    blocking_sink: bool = True,
+) -> AsyncIterator[MqttIngest]:
+    """Run MQTT ingest for the process; with no `mqtt_url` configured, on an embedded broker.
+
+    `blocking_sink=False` when `dead_letters.record` never waits (it is then called in the loop).
+    """
+    from iip.devices.ingest.broker import EmbeddedBroker
+
+    settings = runtime.settings.devices
+    async with contextlib.AsyncExitStack() as stack:
+        if not settings.mqtt_url:
+            port = settings.embedded_broker_port
+            if "embedded_broker_port" not in settings.model_fields_set and not _port_free(port):
+                # The default port is taken (often by a broker installed on the machine): do not fail
+                # `make run` over it, listen elsewhere and say where.
+                port = free_port()
+                logger.warning(
+                    "port %d is taken: the embedded MQTT broker listens on %d instead",
+                    settings.embedded_broker_port,
+                    port,
+                )
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(port, directory, platform_client_id=settings.mqtt_client_id)
+            )
+            runtime.services[BROKER_SERVICE] = broker
+            stack.callback(runtime.services.pop, BROKER_SERVICE, None)
+            settings = settings.model_copy(update={"mqtt_url": broker.platform_url})
+        ingest = MqttIngest(settings, runtime.bus, directory, dead_letters, host, blocking_sink=blocking_sink)
+        await ingest.start()
+        stack.push_async_callback(ingest.stop)
+        runtime.services[SERVICE_KEY] = ingest
+        try:
+            yield ingest
+        finally:
+            runtime.services.pop(SERVICE_KEY, None)
