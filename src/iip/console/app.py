@@ -29,8 +29,12 @@ def mount_console(app: FastAPI, runtime: Runtime) -> None:
             plotly_js, media_type="text/javascript", headers={"Cache-Control": "public, max-age=604800"}
         )
 
-    # Before the /static mount, which would otherwise answer this path.
+    # Before the /static mount, which would otherwise answer these paths.
     app.add_api_route(PLOTLY_JS_URL, plotly_script, methods=["GET"], include_in_schema=False)
+    for module in runtime.modules:
+        if module.template_dir and (folder := Path(module.template_dir).parent / "static").is_dir():
+            # A context's own scripts and styles, beside its templates: `static("<module>/file.js")`.
+            app.mount(f"/static/{module.name}", StaticFiles(directory=folder), name=f"static-{module.name}")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     marked = [Depends(mark_console_request, scope="function")]
     app.include_router(router, dependencies=marked)

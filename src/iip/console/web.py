@@ -216,9 +216,12 @@ def is_active(current_path: str, path: str) -> bool:
 def navigation(modules: Sequence[Module], principal: Principal, current_path: str) -> list[NavSection]:
     """The pages of every registered module the principal's role allows, grouped by module."""
     sections = []
+    # Only the deepest matching page is active: /devices/profiles is not also /devices.
+    matches = [p.path for m in modules for p in m.pages if is_active(current_path, p.path)]
+    active = max(matches, key=len, default=None)
     for module in modules:
         items = tuple(
-            NavItem(page.path, page.title, page.icon, is_active(current_path, page.path))
+            NavItem(page.path, page.title, page.icon, page.path == active)
             for page in module.pages
             if principal.can(page.permission)
         )
