@@ -715,8 +715,13 @@ def test_openapi_operation_ids_are_unique_and_stable(client: TestClient, runtime
         tag = schema["paths"][path][method]["tags"][0]
         assert operation_id.startswith(f"{tag}."), f"{method.upper()} {path}: {operation_id!r} not under tag {tag!r}"
     # The same code gives the same ids: clients generate code from them.
-    with TestClient(create_app(runtime=runtime, configure_logs=False)) as again:
-        assert operation_ids(again.get("/openapi.json").json()) == ids
+    # A second app needs a runtime of its own: background consumers belong to one app's event loop.
+    other = Runtime.build(runtime.settings)
+    try:
+        with TestClient(create_app(runtime=other, configure_logs=False)) as again:
+            assert operation_ids(again.get("/openapi.json").json()) == ids
+    finally:
+        other.db.dispose()
     assert {
         ("get", "/healthz"): "platform.healthz",
         ("get", "/readyz"): "platform.readyz",

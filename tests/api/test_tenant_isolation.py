@@ -41,6 +41,9 @@ class ConsoleSession:
     csrf: str
 
 
+EVENT_STREAM_SUFFIX = "/events"  # server-sent events: read up to the first event
+
+
 def is_api(path: str) -> bool:
     return path.startswith("/api/")
 
@@ -63,11 +66,26 @@ class World:
         """A request from tenant A's `role`, sent the way the route expects to be called."""
         if is_api(path):
             headers = self.tenant_a.headers(role)
+            if method == "GET" and path.endswith(EVENT_STREAM_SUFFIX):
+                return self.first_event(path, headers)
             return self.client.request(method, path, json=body, headers=headers, follow_redirects=False)
         session = self.a_sessions[role]
         form = None if method == "GET" else {**(body or {}), CSRF_FIELD: session.csrf}
         cookie = {"Cookie": f"{SESSION_COOKIE}={session.token}"}
         return self.client.request(method, path, data=form, headers=cookie, follow_redirects=False)
+
+    def first_event(self, path: str, headers: Mapping[str, str]) -> Response:
+        """An event stream does not end: its answer up to the first event (the twin's snapshot)."""
+        with self.client.stream("GET", path, headers=headers) as response:
+            if response.status_code != 200:
+                response.read()
+                return Response(response.status_code, headers=response.headers, content=response.content)
+            lines = []
+            for line in response.iter_lines():
+                lines.append(line)
+                if line.startswith("data:"):
+                    break
+            return Response(200, headers=response.headers, text="\n".join(lines))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +169,18 @@ from tests.identifiers.isolation_kinds_gs1 import PUBLIC_ROUTES  # noqa: E402
 
 OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in IDENTIFIER_KINDS.items()})
 OBJECT_KINDS.update(GS1_OBJECT_KINDS)
+from tests.devices.isolation_kinds import DEVICE_KINDS  # noqa: E402
+from tests.telemetry.isolation_kinds import TWIN_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in DEVICE_KINDS.items()})
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in TWIN_KINDS.items()})
 PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # Commands go to polled devices: this process polls (simulated devices; no broker is started).
+    return settings.model_copy(update={"devices": settings.devices.model_copy(update={"polling_enabled": True})})
 
 
 @pytest.fixture

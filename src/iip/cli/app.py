@@ -13,6 +13,9 @@ from iip.cli.context import CliState, database_problem, err_console, fail, out_c
 from iip.kernel.module import discover_modules
 from iip.kernel.settings import SettingsError, load_settings
 
+# Open event streams (twin changes) would otherwise hold a shutdown until every client leaves.
+GRACEFUL_SHUTDOWN_S = 5
+
 
 class HttpServer(StrEnum):
     UVICORN = "uvicorn"
@@ -122,6 +125,12 @@ def run(
         raise fail(f"cannot prepare the database: {database_problem(st.db, err)}") from None
     except Exception as err:  # noqa: BLE001
         raise fail(f"cannot prepare the database: {type(err).__name__}: {err}") from None
+    # The serving process also runs connectivity (MQTT ingest, polling) unless the settings say
+    # otherwise; with several workers each would connect with the same client id, so they do not.
+    switches = {"mqtt_enabled": workers == 1, "polling_enabled": workers == 1, "simulate_plant": demo and workers == 1}
+    chosen = settings.devices.model_fields_set
+    devices = settings.devices.model_copy(update={k: v for k, v in switches.items() if k not in chosen})
+    settings = settings.model_copy(update={"devices": devices})
     runtime = Runtime.build(settings)
     if demo:
         from iip.cli.demo import ensure_demo
@@ -147,10 +156,18 @@ def run(
             port=settings.port,
             log_config=None,
             access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         return
     app_ = create_app(runtime=runtime)
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app_,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
 
 
 def serve_with_granian(host: str, port: int, workers: int) -> None:

@@ -108,6 +108,18 @@ class DevicesSettings(BaseModel):
         description="Broker devices publish to, mqtt://[user:pass@]host:port; empty: `iip run` starts an embedded one.",
     )
     embedded_broker_port: int = Field(default=1883, ge=1, le=65535, description="Port of the embedded broker.")
+    mqtt_enabled: bool = Field(
+        default=False,
+        description="Run MQTT ingest, the Sparkplug host and (without mqtt_url) the embedded broker in this process; "
+        "`iip run` turns it on.",
+    )
+    polling_enabled: bool = Field(
+        default=False,
+        description="Poll registered Modbus, OPC UA and simulated devices from this process; `iip run` turns it on.",
+    )
+    simulate_plant: bool = Field(
+        default=False, description="Run the simulated plant in this process; `iip run --demo` turns it on."
+    )
     mqtt_client_id: str = Field(default="iip-platform", description="Client id (persistent session) on the broker.")
     sparkplug_host_id: str = Field(default="iip", description="Sparkplug host application id (STATE topic).")
     batch_max_points: int = Field(default=5_000, ge=1, description="Points collected before a batch is published.")

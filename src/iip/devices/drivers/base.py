@@ -166,7 +166,7 @@ def driver_class(protocol: Protocol | str) -> type[Driver]:
     except (KeyError, ValueError):
         known = ", ".join(DRIVERS)
         raise Invalid(
-            f"protocol {protocol!r} has no driver (drivers: {known}); its devices send data themselves",
+            f"protocol '{protocol}' has no driver (drivers: {known}); its devices send data themselves",
             code="no_driver",
         ) from None
     cls = getattr(importlib.import_module(module_name), class_name)
