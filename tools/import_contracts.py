@@ -4,7 +4,7 @@ Every direct sub-package of the root that is not infrastructure is a context, so
 later are checked without editing the configuration. Rules:
 
 1. the kernel imports nothing of the root package outside itself;
-2. infrastructure packages (api, cli, console, migrations, sim) import no context: they iterate the registry;
+2. infrastructure packages (api, cli, console, migrations) import no context: they iterate the registry;
 3. a context imports another context only through that context's `public` module.
 """
 

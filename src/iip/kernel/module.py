@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from iip.kernel.runtime import Runtime
 
 # Packages of `iip` that are infrastructure, not contexts.
-INFRASTRUCTURE = frozenset({"kernel", "api", "cli", "console", "migrations", "sim"})
+INFRASTRUCTURE = frozenset({"kernel", "api", "cli", "console", "migrations"})
 
 
 @dataclass(frozen=True, slots=True)
