@@ -85,10 +85,12 @@ def test_navigation_follows_the_role(client: TestClient, runtime: Runtime, tenan
     add_user(runtime, tenant_a, "audrey", Role.AUDITOR)
     admin(client, tenant_a)
     identifiers = ["/identifiers/search", "/identifiers/register", "/identifiers/filings"]
-    assert nav_links(client.get("/").text) == ["/", "/access/users", "/access/api-keys", "/access/audit", *identifiers]
+    devices = ["/devices", "/devices/profiles", "/devices/dead-letters"]
+    access = ["/access/users", "/access/api-keys", "/access/audit"]
+    assert nav_links(client.get("/").text) == ["/", *access, *devices, *identifiers]
     client.cookies.clear()
     sign_in(client, "audrey", PASSWORD)
-    readable = ["/identifiers/search", "/identifiers/filings"]
+    readable = [*devices, "/identifiers/search", "/identifiers/filings"]
     assert nav_links(client.get("/").text) == ["/", "/access/audit", *readable]
     client.cookies.clear()
     sign_in(client, "vera", PASSWORD)

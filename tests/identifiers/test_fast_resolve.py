@@ -15,6 +15,7 @@ from iip.api.app import create_app
 from iip.identifiers.models import Handle
 from iip.identifiers.service import HandleService
 from iip.kernel.auth import Role
+from iip.kernel.bus import MemoryBus
 from iip.kernel.runtime import Runtime
 from iip.kernel.settings import Mode
 from tests.identifiers.conftest import HomedPrefix, admin_entry, url_value
@@ -89,7 +90,13 @@ class Clients:
 
 def without_layers(runtime: Runtime) -> Runtime:
     modules = tuple(dataclasses.replace(m, asgi_layers=()) for m in runtime.modules)
-    return dataclasses.replace(runtime, modules=modules)
+    return beside(dataclasses.replace(runtime, modules=modules))
+
+
+def beside(runtime: Runtime) -> Runtime:
+    """The runtime for a second app running at the same time: background consumers and the services they
+    share belong to one app's event loop, so it gets its own bus and services."""
+    return dataclasses.replace(runtime, bus=MemoryBus(), services={})
 
 
 @pytest.fixture
@@ -192,7 +199,7 @@ def test_request_id_and_metrics(clients: Clients) -> None:
 
 def test_production_adds_hsts(clients: Clients, runtime: Runtime) -> None:
     settings = runtime.settings.model_copy(update={"mode": Mode.PRODUCTION})
-    production = dataclasses.replace(runtime, settings=settings)
+    production = beside(dataclasses.replace(runtime, settings=settings))
     with (
         TestClient(create_app(runtime=production, configure_logs=False)) as lean,
         TestClient(create_app(runtime=without_layers(production), configure_logs=False)) as full,
