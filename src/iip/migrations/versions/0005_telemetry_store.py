@@ -102,8 +102,8 @@ def upgrade() -> None:
         # A queue table (rows live for minutes): vacuum and analyse it after a fixed number of changes.
         op.execute(
             "ALTER TABLE telemetry_point_recent SET (autovacuum_vacuum_scale_factor = 0, "
-            "autovacuum_vacuum_threshold = 100000, autovacuum_analyze_scale_factor = 0, "
-            "autovacuum_analyze_threshold = 100000)"
+            "autovacuum_vacuum_threshold = 50000, autovacuum_analyze_scale_factor = 0, "
+            "autovacuum_analyze_threshold = 50000)"
         )
 
 

@@ -51,6 +51,7 @@ LATENESS_MS = 10_000  # a minute closes this long after it ends, for points stil
 # write each series' pages once for many points; bounded ones keep writers waiting briefly.
 STEP_MS = HOUR
 STEP_ROWS = 200_000
+TIDY_AFTER_ROWS = 50_000  # a roll-up that moved this many rows vacuums the recent table (PostgreSQL)
 HOURLY_RETENTION_FACTOR = 10  # 1-hour rollups outlive raw points (and 1-minute rollups) this many times
 RETENTION_CACHE_S = 60.0
 SERIES_CACHE_LIMIT = 1_000_000
@@ -448,9 +449,7 @@ class TimeSeriesStore:
                 oldest = tx.one("SELECT min(ts) FROM telemetry_point_recent")
                 start = self._next_start(closed_until, oldest[0] if oldest else None, target)
                 if start is None:
-                    if moved:
-                        self.backend.after_move()
-                    return RollUpReport(closed_until, moved)
+                    break
                 step_end = min(target, floor_to(start, MINUTE) + STEP_MS)
                 nth = tx.one(
                     "SELECT ts FROM telemetry_point_recent WHERE ts >= ? ORDER BY ts LIMIT 1 OFFSET ?",
@@ -480,6 +479,9 @@ class TimeSeriesStore:
                     "UPDATE telemetry_store_state SET closed_until_ms = ?, rollups_from_ms = ? WHERE id = 1",
                     (step_end, rollups_from),
                 )
+        if moved >= TIDY_AFTER_ROWS:
+            self.backend.after_move()  # outside any transaction of ours: VACUUM waits for their pins
+        return RollUpReport(closed_until, moved)
 
     @staticmethod
     def _next_start(closed_until: int | None, oldest_recent: int | None, target: int) -> int | None:
