@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from tests.conftest import TenantFixture
 BASE_MS = now_ms() - 3_600_000
 
 
-def no_store(_tenant_id: str, _device: str) -> Mapping[str, tuple[int, float, int]]:
+def no_store(_tenant_id: str, _devices: Sequence[str]) -> Mapping[str, Mapping[str, tuple[int, float, int]]]:
     """A registry without a time-series store: twins come from their rows and from batches only."""
     return {}
 

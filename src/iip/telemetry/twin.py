@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,8 @@ LAST_SEEN_PERSIST_MS = 60_000
 UPSERT_CHUNK = 500
 
 # (tenant id, device key) -> metric -> (ts_ms, value, quality): the store's newest point per metric.
-LatestLoader = Callable[[str, str], Mapping[str, tuple[int, float, int]]]
+# (tenant, devices) -> device -> metric -> (ts_ms, value, quality): one read for a batch's new twins.
+LatestLoader = Callable[[str, Sequence[str]], Mapping[str, Mapping[str, tuple[int, float, int]]]]
 MetricState = tuple[int, float, int]
 
 
@@ -391,9 +392,10 @@ class TwinRegistry:
     def _load(self, tenant_id: str, devices: list[str]) -> dict[str, Twin]:
         with self._db.session() as session:
             rows = load_rows(session, tenant_id, devices)
+        newest = self._load_latest(tenant_id, devices)
         twins: dict[str, Twin] = {}
         for device in devices:
-            latest = self._load_latest(tenant_id, device)
+            latest = newest.get(device, {})
             stored = rows.get(device)
             if stored is None and not latest:
                 continue

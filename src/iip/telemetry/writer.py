@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from iip.kernel.bus import DEAD_LETTERS, Bus, Delivery, Subscription, dead_letter
@@ -98,8 +98,8 @@ def store_of(runtime: Runtime) -> StorePoints:
 def latest_of(runtime: Runtime) -> LatestLoader:
     from iip.telemetry import public
 
-    def latest(tenant_id: str, device: str) -> Mapping[str, tuple[int, float, int]]:
-        return public.latest_points(runtime, tenant_id, device)
+    def latest(tenant_id: str, devices: Sequence[str]) -> Mapping[str, Mapping[str, tuple[int, float, int]]]:
+        return public.latest_points_of(runtime, tenant_id, devices)
 
     return latest
 
