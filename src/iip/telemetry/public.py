@@ -173,3 +173,27 @@ def latest_points_of(
     for _, device, metric, ts, value, quality in store_of(runtime).latest_of(tenant_id, list(devices)):
         found.setdefault(device, {})[metric] = (ts, value, quality)
     return found
+
+
+def points_between(
+    runtime: Runtime,
+    tenant_id: str,
+    device: str,
+    metric: str | None,
+    start_ms: int,
+    end_ms: int,
+    *,
+    limit: int = 1_000_000,
+) -> list[Point]:
+    """Stored raw points of a device's metric (every metric when None) in [start_ms, end_ms), oldest
+    first per metric, at most `limit` in all."""
+    from iip.telemetry.store import store_of
+
+    store = store_of(runtime)
+    found: list[Point] = []
+    for ref in store.series(tenant_id, device, metric):
+        if len(found) >= limit:
+            break
+        for point in store.points(ref.id, start_ms, end_ms, limit - len(found)):
+            found.append(Point(ref.device, ref.metric, point.ts, point.value, point.quality))
+    return found
