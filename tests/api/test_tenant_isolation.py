@@ -174,6 +174,11 @@ from tests.telemetry.isolation_kinds import TWIN_KINDS  # noqa: E402
 
 OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in DEVICE_KINDS.items()})
 OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in TWIN_KINDS.items()})
+from tests.alarms.isolation_kinds import ALARM_KINDS  # noqa: E402
+from tests.alarms.notify.isolation_kinds import NOTIFY_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in ALARM_KINDS.items()})
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in NOTIFY_KINDS.items()})
 PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES
 
 

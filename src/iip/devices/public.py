@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from iip.kernel.runtime import Runtime
 
@@ -31,3 +31,11 @@ def device_placements(runtime: Runtime, tenant_id: str) -> list[DevicePlacement]
     )
     with runtime.db.session() as session:
         return [DevicePlacement(key, profile, site, enabled) for key, profile, site, enabled in session.execute(query)]
+
+
+def placements_fingerprint(runtime: Runtime) -> tuple[object, ...]:
+    """Changes whenever a device is added, removed, moved to another profile or site, or switched."""
+    from iip.devices.models import Device
+
+    with runtime.db.session() as session:
+        return tuple(session.execute(select(func.count(Device.id), func.max(Device.updated_at))).one())

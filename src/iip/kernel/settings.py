@@ -138,6 +138,54 @@ class TelemetrySettings(BaseModel):
     rollups: bool = Field(default=True, description="Maintain 1-minute and 1-hour rollups continuously.")
 
 
+class SmtpSecurity(StrEnum):
+    NONE = "none"  # plain SMTP, for a relay on a trusted network
+    STARTTLS = "starttls"  # upgrade the connection (port 587, or 25)
+    TLS = "tls"  # TLS from the first byte (port 465)
+
+
+class AlarmNotificationSettings(BaseModel):
+    """How alarm notifications leave the platform: SMTP for e-mail, webhook timeouts, limits, retries."""
+
+    smtp_host: str = Field(default="", description="SMTP server for e-mail channels; empty: e-mail is not sent.")
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP server port.")
+    smtp_security: SmtpSecurity = Field(default=SmtpSecurity.STARTTLS, description="`none`, `starttls` or `tls`.")
+    smtp_username: str = Field(default="", description="SMTP login; empty: no authentication.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_from: str = Field(default="iip@localhost", description="Sender address of alarm e-mail.")
+    smtp_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Timeout of each SMTP operation, seconds.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Timeout of one webhook call, seconds.")
+    console_url: str = Field(
+        default="", description="Public base URL of the console, put before alarm links; empty: links are paths."
+    )
+    rate_limit: int = Field(
+        default=30, ge=0, description="Messages a channel sends per window unless it sets its own; 0: no limit."
+    )
+    rate_window_s: int = Field(
+        default=60, ge=1, le=86_400, description="Rate limit window; what exceeds it is sent as one digest after it."
+    )
+    max_attempts: int = Field(default=6, ge=1, le=50, description="Tries of one delivery before it is failed.")
+    retry_base_s: float = Field(default=10.0, gt=0, description="Wait before the first retry; doubles after each.")
+    retry_max_s: float = Field(default=900.0, gt=0, description="Longest wait between two tries, seconds.")
+    check_interval_s: float = Field(
+        default=15.0, gt=0, le=3600, description="How often escalations, retries and digests are looked at, seconds."
+    )
+
+    @field_validator("console_url")
+    @classmethod
+    def _check_console_url(cls, value: str) -> str:
+        return _base_url(value)
+
+
+class AlarmsSettings(BaseModel):
+    """The alarm lifecycle."""
+
+    max_shelve_hours: float = Field(
+        default=24, gt=0, le=24 * 30, description="Longest an operator may shelve an alarm, in hours."
+    )
+    notifications: AlarmNotificationSettings = Field(default_factory=AlarmNotificationSettings)
+
+
 class Settings(BaseSettings):
     """All configuration of one IIP process. Environment prefix `IIP_`, nested sections use `__`."""
 
@@ -165,6 +213,7 @@ class Settings(BaseSettings):
     identifiers: IdentifierSettings = Field(default_factory=IdentifierSettings)
     devices: DevicesSettings = Field(default_factory=DevicesSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    alarms: AlarmsSettings = Field(default_factory=AlarmsSettings)
 
     @field_validator("bus")
     @classmethod
