@@ -36,6 +36,7 @@ from sqlalchemy import String, cast, event, false, func, literal_column, select,
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from iip.identifiers.answers import stored_answer
 from iip.identifiers.bulk_workers import Results, in_workers, seed_of
 from iip.identifiers.codec import (
     ADMIN_GROUP_INDEX,
@@ -564,6 +565,7 @@ HANDLE_COLUMNS = (
     "attributes",
     "search_text",
     "signature",
+    "answer",
     "version",
     "created_at",
     "updated_at",
@@ -590,8 +592,8 @@ class RowEncoding:
 
 # An admitted row: its handle, its fields, and the HS_ADMIN value of its prefix (stored, signed).
 RowItem = tuple[str, Mapping[str, Any], tuple[str, str]]
-# The columns a row's encoding gives: values, template, attributes, search text, signature.
-EncodedRow = tuple[str, str | None, str, str, str]
+# The columns a row's encoding gives: values, template, attributes, search text, signature, answer.
+EncodedRow = tuple[str, str | None, str, str, str, bytes | None]
 NOT_UNICODE = "the row holds text that is not valid Unicode (a lone surrogate)"
 
 
@@ -608,15 +610,17 @@ def encode_rows(encoding: RowEncoding, items: Sequence[RowItem]) -> list[Encoded
         except UnicodeEncodeError:
             encoded.append(NOT_UNICODE)
         else:
-            encoded.append((*row[:4], sign(row[4]) if sign is not None else ""))
+            values, template, attributes, search_text, to_sign, answer = row
+            signature = sign(to_sign) if sign is not None else ""
+            encoded.append((values, template, attributes, search_text, signature, answer))
     return encoded
 
 
 def _encode_row(
     encoding: RowEncoding, handle: str, fields: Mapping[str, Any], admin: tuple[str, str]
-) -> tuple[str, str | None, str, str, bytes]:
-    """(values, template, attributes, search text, the bytes to sign); raises DomainError, or
-    UnicodeEncodeError for text that is not valid Unicode."""
+) -> tuple[str, str | None, str, str, bytes, bytes | None]:
+    """(values, template, attributes, search text, the bytes to sign, the stored answer); raises
+    DomainError, or UnicodeEncodeError for text that is not valid Unicode."""
     url = fields.get("url")
     if not isinstance(url, str) or not url.strip():
         raise Invalid("url is missing")
@@ -640,7 +644,9 @@ def _encode_row(
     attributes_json = _checked_attributes(template_name, attributes)
     searchable = _joined_search_text([handle, url, *_attribute_words(attributes)], split_words=encoding.split_words)
     searchable.encode()  # raises UnicodeEncodeError for a lone surrogate
-    return f"[{', '.join(stored)}]", template_name, attributes_json, searchable, _signed_record(handle, signed)
+    values = f"[{', '.join(stored)}]"
+    answer = stored_answer(handle, orjson.loads(values))
+    return values, template_name, attributes_json, searchable, _signed_record(handle, signed), answer
 
 
 @lru_cache(maxsize=1024)

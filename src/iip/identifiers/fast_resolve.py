@@ -6,7 +6,9 @@ is answered here from one primary-key read of `identifiers_handle.key`, with the
 headers the Handle router and the platform middleware give it, and counted in the same metrics.
 Anything else (credentials, other parameters, an unknown handle, a value stored in an unusual shape,
 any error) passes untouched to the full application, which stays the one place for those answers.
-Nothing is cached: every answer reflects the committed row, whichever worker wrote it.
+Nothing is cached: every answer reflects the committed row, whichever worker wrote it. An
+unfiltered request is answered with the bytes every write stores beside the values
+(`Handle.answer`, rendered by `answers.stored_answer`); filters are applied to the values here.
 """
 
 from __future__ import annotations
@@ -24,14 +26,12 @@ from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iip.api.middleware import REQUEST_ID_RE, SECURITY_HEADERS
+from iip.identifiers.answers import Fallthrough, answer_body, public_values
 from iip.identifiers.codec import (
     CONTROL_RE,
-    DEFAULT_TTL,
-    DEFAULT_VALUE_PERMISSIONS,
     MAX_INDEX,
     MAX_KEY_LENGTH,
     PREFIX_RE,
-    type_matches,
 )
 from iip.identifiers.router import HANDLE_PATH
 from iip.kernel.logs import request_id_var
@@ -42,22 +42,18 @@ logger = logging.getLogger("iip.http")
 
 PATH_START = "/api/handles/"
 MMAP_BYTES = 2**31 - 2**16  # SQLite's largest by default (SQLITE_MAX_MMAP_SIZE)
-QUERY = 'SELECT handle, "values" FROM identifiers_handle WHERE key = {}'
-FORMATS = frozenset({"string", "base64", "hex", "admin", "vlist"})
-STRUCTURED = frozenset({"admin", "vlist"})
-PERMISSION_STRINGS = frozenset(format(bits, "04b") for bits in range(16))
-VALUE_KEYS = frozenset({"index", "type", "data", "ttl", "timestamp", "permissions"})
+# Unfiltered: the answer stored at write time, or the values to render it from when none was stored.
+ANSWER_QUERY = (
+    'SELECT answer, handle, CASE WHEN answer IS NULL THEN "values" END FROM identifiers_handle WHERE key = {}'
+)
+VALUES_QUERY = 'SELECT NULL, handle, "values" FROM identifiers_handle WHERE key = {}'
 # Query parameters the router parses as booleans (pydantic's lax spelling).
 TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
 BOOL_WORDS = TRUE_WORDS | {"0", "off", "f", "false", "n", "no"}
 # publicOnly=false asks for more than an anonymous caller may read (401): the full path answers.
 BOOLEAN_PARAMS = {"publicOnly": TRUE_WORDS, "auth": BOOL_WORDS}
 
-Row = tuple[str, Any]
-
-
-class Fallthrough(Exception):
-    """The request is not the common case: the full application answers it."""
+Row = tuple[bytes | None, str, Any]  # (stored answer, handle, parsed values or None)
 
 
 def _query(raw: bytes) -> tuple[list[str], list[int]]:
@@ -81,86 +77,19 @@ def _query(raw: bytes) -> tuple[list[str], list[int]]:
     return types, indexes
 
 
-def _public_values(stored: Any, types: list[str], indexes: list[int]) -> list[dict[str, Any]]:
-    """The public values as the router shows them (`HandleValue.to_wire`), filtered as `select_values`.
-
-    Only the shape every write stores is accepted; anything else goes to the full path, which
-    validates it with the models.
-    """
-    if type(stored) is not list:
-        raise Fallthrough
-    out: list[dict[str, Any]] = []
-    for item in stored:
-        if type(item) is not dict or not item.keys() <= VALUE_KEYS:
-            raise Fallthrough
-        get = item.get
-        index, value_type, data = get("index"), get("type"), get("data")
-        ttl, stamp, permissions = (
-            get("ttl", DEFAULT_TTL),
-            get("timestamp"),
-            get("permissions", DEFAULT_VALUE_PERMISSIONS),
-        )
-        if (
-            type(index) is not int
-            or not 0 < index <= MAX_INDEX
-            or type(value_type) is not str
-            or not 0 < len(value_type) <= 255
-            or type(ttl) is not int
-            or not 0 <= ttl <= MAX_INDEX
-            or not (stamp is None or type(stamp) is str)
-            or permissions not in PERMISSION_STRINGS
-            or type(data) is not dict
-            or len(data) != 2
-        ):
-            raise Fallthrough
-        fmt, raw = data.get("format"), data.get("value")
-        if fmt not in FORMATS or not (type(raw) is str or (fmt in STRUCTURED and _plain(raw))):
-            raise Fallthrough
-        if permissions[2] != "1":
-            continue
-        if (types or indexes) and index not in indexes and not any(type_matches(value_type, t) for t in types):
-            continue
-        wire: dict[str, Any] = {"index": index, "type": value_type, "data": {"format": fmt, "value": raw}}
-        if permissions != DEFAULT_VALUE_PERMISSIONS:
-            wire["permissions"] = permissions
-        wire["ttl"] = ttl
-        if stamp is not None:
-            wire["timestamp"] = stamp
-        out.append(wire)
-    return out
-
-
-def _plain(data: Any, depth: int = 0) -> bool:
-    """JSON that orjson writes exactly as the stdlib encoder: strings, 64-bit integers, booleans, null."""
-    kind = type(data)
-    if kind is str or kind is bool or data is None:
-        return True
-    if kind is int:
-        return bool(-(2**63) <= data < 2**63)
-    if depth > 3:
-        return False
-    if kind is list:
-        return all(_plain(item, depth + 1) for item in data)
-    if kind is dict:
-        # Strings first, without a call: an HS_ADMIN or HS_VLIST entry holds little else.
-        return all(type(k) is str and (type(v) is str or _plain(v, depth + 1)) for k, v in data.items())
-    return False  # floats are written differently (1e16 vs 1e+16); none is stored by a write
-
-
-def render(body: dict[str, Any]) -> bytes:
-    # Byte for byte what Starlette's JSONResponse writes (compact, UTF-8, no NaN) for the plain data
-    # `_public_values` lets through, at a fraction of the cost; a value it cannot write goes the full path.
-    try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError:
-        raise Fallthrough from None
-
-
 def _loads(text: str | bytes) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         raise Fallthrough from None  # e.g. NaN or a huge integer: the full path reads it its own way
+
+
+def _row(found: tuple[Any, ...]) -> Row:
+    answer, handle, values = found
+    if answer is not None:
+        return bytes(answer), handle, None
+    # SQLite and PostgreSQL's json type give text; jsonb would give the parsed value.
+    return None, handle, _loads(values) if isinstance(values, str | bytes) else values
 
 
 class HandleReader:
@@ -174,36 +103,36 @@ class HandleReader:
     def __init__(self, runtime: Runtime) -> None:
         self.engine = runtime.db.engine
         self.sqlite = self.engine.dialect.name == "sqlite"
-        self.sql = QUERY.format("?" if self.sqlite else "%s")
+        mark = "?" if self.sqlite else "%s"
+        self.answer_sql = ANSWER_QUERY.format(mark)
+        self.values_sql = VALUES_QUERY.format(mark)
         self._kept: Any = None
 
-    async def row(self, key: str) -> Row | None:
+    async def row(self, key: str, *, filtered: bool) -> Row | None:
+        sql = self.values_sql if filtered else self.answer_sql
         if self.sqlite:
-            return self._kept_row(key)
-        return await anyio.to_thread.run_sync(self._pooled_row, key)
+            return self._kept_row(sql, key)
+        return await anyio.to_thread.run_sync(self._pooled_row, sql, key)
 
-    def _kept_row(self, key: str) -> Row | None:
+    def _kept_row(self, sql: str, key: str) -> Row | None:
         if self._kept is None:
             self._kept = self.engine.raw_connection()
             # Pages read through a memory map rather than a system call each: about a quarter off a key read.
             self._kept.driver_connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         try:
-            cursor = self._kept.driver_connection.execute(self.sql, (key,))
-            found = cursor.fetchone()
+            found = self._kept.driver_connection.execute(sql, (key,)).fetchone()
         except Exception:
             self.close()
             raise
-        if found is None:
-            return None
-        return found[0], _loads(found[1])
+        return None if found is None else _row(found)
 
-    def _pooled_row(self, key: str) -> Row | None:
+    def _pooled_row(self, sql: str, key: str) -> Row | None:
         connection = self.engine.raw_connection()
         try:
             driver: Any = connection.driver_connection
             driver.autocommit = True
             try:
-                found = driver.execute(self.sql, (key,)).fetchone()
+                found = driver.execute(sql, (key,)).fetchone()
             finally:
                 driver.autocommit = False
         except Exception:
@@ -211,10 +140,7 @@ class HandleReader:
             raise
         finally:
             connection.close()
-        if found is None:
-            return None
-        values = found[1]
-        return found[0], _loads(values) if isinstance(values, str | bytes) else values
+        return None if found is None else _row(found)
 
     def close(self) -> None:
         kept, self._kept = self._kept, None
@@ -301,13 +227,13 @@ class FastResolve:
         if not suffix or not PREFIX_RE.match(prefix) or CONTROL_RE.search(suffix) or len(key) > MAX_KEY_LENGTH:
             raise Fallthrough
         types, indexes = _query(scope["query_string"])
-        row = await self.reader.row(key)
+        row = await self.reader.row(key, filtered=bool(types or indexes))
         if row is None:
             raise Fallthrough  # not found here: the full path answers 100, or refers
-        registered, stored = row
-        values = _public_values(stored, types, indexes)
-        # As the router: 200 with responseCode 200 (values not found) when the filters leave nothing.
-        return render({"responseCode": 1 if values else 200, "handle": registered, "values": values})
+        answer, registered, stored = row
+        if answer is not None:
+            return answer
+        return answer_body(registered, public_values(stored, types, indexes))
 
     def _observe(self, scope: Scope, elapsed: float, request_id: str) -> None:
         metrics = self._metrics

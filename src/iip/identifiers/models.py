@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import Mapped, mapped_column
 
+from iip.identifiers.answers import stored_answer
 from iip.kernel.db import Base, utcnow
 
 
@@ -52,9 +53,19 @@ class Handle(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     search_text: Mapped[str] = mapped_column(Text, default="")
     signature: Mapped[str] = mapped_column(String(200), default="")
+    # The body of an unfiltered anonymous resolution, rendered from `values` on every write (None: the
+    # full path answers), so the hot path reads ready bytes. Kept in step by the ORM events below and
+    # by the bulk path, which writes it with the row.
+    answer: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+@event.listens_for(Handle, "before_insert")
+@event.listens_for(Handle, "before_update")
+def _render_answer(mapper: Any, connection: Any, target: Handle) -> None:
+    target.answer = stored_answer(target.handle, target.values)
 
 
 class HandleHistory(Base):
