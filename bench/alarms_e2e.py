@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import statistics
@@ -72,7 +73,7 @@ from iip.alarms.service import AlarmService
 from iip.devices.lifespan import devices_lifespan
 from iip.devices.sim.mqtt_devices import connect_packet, publish_packet
 from iip.kernel.auth import Principal, Role
-from iip.kernel.bus import Delivery
+from iip.kernel.bus import Delivery, MemoryBus
 from iip.kernel.runtime import Runtime
 from iip.kernel.settings import DevicesSettings, Settings
 from iip.migrations.runner import upgrade
@@ -315,6 +316,26 @@ async def paced_latency(runtime: Runtime, broker: PrivateMosquitto, rate: int, s
 # --- one database
 
 
+def measure_flood(
+    label: str, data_dir: Path, broker: PrivateMosquitto, args: argparse.Namespace
+) -> tuple[Drain, Drain, int]:
+    """The climbing stream drained with 10 rules per device out of reach, then with them all crossed."""
+    flood_stream, flood_values = climbing_stream(args.messages, args.devices)
+    flood_limits = [10.0 * (k + 1) for k in range(FLOOD_RULES_PER_DEVICE)]
+    flood_transitions = expected_transitions(flood_values, flood_limits)
+    quiet_rt = fresh_runtime(label, data_dir, broker, "quiet")
+    tenant = register(quiet_rt, args.devices)
+    install_rules(quiet_rt, tenant, threshold_rules(args.devices, FLOOD_RULES_PER_DEVICE, lambda k: 1e9 + k))
+    quiet = asyncio.run(drain(quiet_rt, broker, flood_stream, tenant, rules=True, transitions=0))
+    quiet_rt.db.dispose()
+    flood_rt = fresh_runtime(label, data_dir, broker, "flood")
+    tenant = register(flood_rt, args.devices)
+    install_rules(flood_rt, tenant, threshold_rules(args.devices, FLOOD_RULES_PER_DEVICE, lambda k: flood_limits[k]))
+    flood = asyncio.run(drain(flood_rt, broker, flood_stream, tenant, rules=True, transitions=flood_transitions))
+    flood_rt.db.dispose()
+    return quiet, flood, flood_transitions
+
+
 def measure(label: str, data_dir: Path, args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     broker_dir = data_dir / f"broker-{label.lower()}"
@@ -335,24 +356,12 @@ def measure(label: str, data_dir: Path, args: argparse.Namespace) -> list[Result
         tenant = register(rules_rt, args.devices)
         install_rules(rules_rt, tenant, threshold_rules(args.devices, 1, lambda _k: LIMIT_A))
         ours = asyncio.run(drain(rules_rt, broker, stream, tenant, rules=True, transitions=transitions))
-        latency = asyncio.run(paced_latency(rules_rt, broker, args.rate, args.seconds, args.devices))
+        # A new event loop: a bus and services of its own, as a restarted process would have.
+        live_rt = dataclasses.replace(rules_rt, bus=MemoryBus(), services={})
+        latency = asyncio.run(paced_latency(live_rt, broker, args.rate, args.seconds, args.devices))
         rules_rt.db.dispose()
 
-        flood_stream, flood_values = climbing_stream(args.messages, args.devices)
-        flood_limits = [10.0 * (k + 1) for k in range(FLOOD_RULES_PER_DEVICE)]
-        flood_transitions = expected_transitions(flood_values, flood_limits)
-        quiet_rt = fresh_runtime(label, data_dir, broker, "quiet")
-        tenant = register(quiet_rt, args.devices)
-        install_rules(quiet_rt, tenant, threshold_rules(args.devices, FLOOD_RULES_PER_DEVICE, lambda k: 1e9 + k))
-        quiet = asyncio.run(drain(quiet_rt, broker, flood_stream, tenant, rules=True, transitions=0))
-        quiet_rt.db.dispose()
-        flood_rt = fresh_runtime(label, data_dir, broker, "flood")
-        tenant = register(flood_rt, args.devices)
-        install_rules(
-            flood_rt, tenant, threshold_rules(args.devices, FLOOD_RULES_PER_DEVICE, lambda k: flood_limits[k])
-        )
-        flood = asyncio.run(drain(flood_rt, broker, flood_stream, tenant, rules=True, transitions=flood_transitions))
-        flood_rt.db.dispose()
+        quiet, flood, flood_transitions = measure_flood(label, data_dir, broker, args)
     finally:
         broker.stop()
 
