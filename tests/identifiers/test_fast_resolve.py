@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +15,8 @@ from httpx2 import Response
 from sqlalchemy import select, update
 
 from iip.api.app import create_app
+from iip.identifiers.answer_cache import AnswerCache, CommitWatch
+from iip.identifiers.fast_resolve import HandleReader
 from iip.identifiers.models import Handle
 from iip.identifiers.service import HandleService
 from iip.kernel.auth import Role
@@ -266,3 +270,120 @@ def test_bulk_registration_stores_the_answer_the_router_gives(
         assert stored_answer_of(runtime, f"88.118.8/bulk-{n}") == full.content
         assert_same(clients.lean.get(f"{H}/BULK-{n}"), full)
     assert not clients.resolves  # answered from the stored bytes, not by the router
+
+
+def sqlite_file(runtime: Runtime) -> str:
+    if runtime.db.engine.dialect.name != "sqlite":
+        pytest.skip("the answer cache is SQLite's")
+    database = runtime.db.engine.url.database
+    assert database
+    return database
+
+
+@pytest.fixture
+def key_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Keys the lean path read from the database."""
+    reads: list[str] = []
+    original = HandleReader._kept_row
+
+    def counted(self: HandleReader, sql: str, key: str) -> Any:
+        reads.append(key)
+        return original(self, sql, key)
+
+    monkeypatch.setattr(HandleReader, "_kept_row", counted)
+    return reads
+
+
+def test_answers_come_from_the_cache_until_a_commit(clients: Clients, runtime: Runtime, key_reads: list[str]) -> None:
+    database = sqlite_file(runtime)
+    first = clients.lean.get(f"{H}/Plain")
+    assert [clients.lean.get(f"{H}/plain").content for _ in range(3)] == [first.content] * 3
+    assert key_reads == ["88.118.8/plain"]
+    filtered = clients.lean.get(f"{H}/Plain?type=URL")
+    assert filtered.status_code == 200
+    assert len(key_reads) == 2  # filtered answers are rendered from the values, never cached
+    # Another process's commit, outside this app's engine, as another server worker's would be.
+    other = sqlite3.connect(database)
+    try:
+        new_answer = first.content.replace(b"https://example.com/a", b"https://example.com/moved")
+        other.execute("UPDATE identifiers_handle SET answer = ? WHERE key = ?", (new_answer, "88.118.8/plain"))
+        other.commit()
+        assert clients.lean.get(f"{H}/Plain").content == new_answer
+        other.execute("DELETE FROM identifiers_handle WHERE key = ?", ("88.118.8/plain",))
+        other.commit()
+    finally:
+        other.close()
+    gone = clients.lean.get(f"{H}/Plain")
+    assert (gone.status_code, gone.json()["responseCode"]) == (404, 100)
+
+
+def test_a_cache_of_zero_reads_every_time(runtime: Runtime, homed: HomedPrefix, key_reads: list[str]) -> None:
+    sqlite_file(runtime)
+    identifiers = runtime.settings.identifiers.model_copy(update={"resolution_cache_mib": 0})
+    settings = runtime.settings.model_copy(update={"identifiers": identifiers})
+    with TestClient(create_app(runtime=beside(dataclasses.replace(runtime, settings=settings)))) as client:
+        created = client.put(f"{H}/Once?overwrite=false", json={"values": [url_value("https://x")]}, headers=homed.auth)
+        assert created.status_code == 201
+        for _ in range(3):
+            assert client.get(f"{H}/Once").status_code == 200
+    assert key_reads == ["88.118.8/once"] * 3
+
+
+def test_the_commit_watch_sees_every_commit_and_nothing_else(tmp_path: Path) -> None:
+    database = str(tmp_path / "watched.db")
+    reader = sqlite3.connect(database, isolation_level=None)
+    reader.execute("PRAGMA journal_mode=WAL")
+    reader.execute("CREATE TABLE t (n INTEGER)")
+    watch = CommitWatch.open(database)
+    assert watch is not None
+    writer = sqlite3.connect(database)
+    try:
+        seen = {watch.token()}
+        for n in range(5):
+            reader.execute("SELECT COUNT(*) FROM t").fetchone()
+            assert watch.token() in seen  # reading commits nothing
+            writer.execute("INSERT INTO t VALUES (?)", (n,))
+            assert watch.token() in seen  # not yet committed
+            writer.commit()
+            token = watch.token()
+            assert token is not None
+            assert token not in seen
+            seen.add(token)
+        writer.execute("INSERT INTO t VALUES (99)")
+        writer.rollback()
+        assert watch.token() == token
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        writer.execute("INSERT INTO t VALUES (100)")
+        writer.commit()
+        assert watch.token() not in seen  # a new WAL generation is a new header too
+    finally:
+        writer.close()
+        watch.close()
+        reader.close()
+    assert CommitWatch.open(str(tmp_path / "never-opened.db")) is None
+
+
+def test_the_cache_keeps_at_most_its_size_oldest_out(tmp_path: Path) -> None:
+    database = str(tmp_path / "sized.db")
+    connection = sqlite3.connect(database, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("CREATE TABLE t (n INTEGER)")
+    watch = CommitWatch.open(database)
+    assert watch is not None
+    cache = AnswerCache(watch, max_bytes=250)
+    try:
+        assert cache.current()
+        for n in range(4):
+            cache.keep(f"k{n}", bytes(100))
+        assert list(cache.answers) == ["k2", "k3"]
+        assert cache.size == 200
+        cache.keep("k3", bytes(50))
+        assert (list(cache.answers), cache.size) == (["k2", "k3"], 150)
+        cache.keep("huge", bytes(251))
+        assert "huge" not in cache.answers
+        connection.execute("INSERT INTO t VALUES (1)")
+        assert cache.current()
+        assert (cache.answers, cache.size) == ({}, 0)
+    finally:
+        cache.close()
+        connection.close()

@@ -6,9 +6,10 @@ is answered here from one primary-key read of `identifiers_handle.key`, with the
 headers the Handle router and the platform middleware give it, and counted in the same metrics.
 Anything else (credentials, other parameters, an unknown handle, a value stored in an unusual shape,
 any error) passes untouched to the full application, which stays the one place for those answers.
-Nothing is cached: every answer reflects the committed row, whichever worker wrote it. An
-unfiltered request is answered with the bytes every write stores beside the values
-(`Handle.answer`, rendered by `answers.stored_answer`); filters are applied to the values here.
+Every answer reflects the last commit, whichever worker made it. An unfiltered request is
+answered with the bytes every write stores beside the values (`Handle.answer`, rendered by
+`answers.stored_answer`), on SQLite from a per-worker cache of those bytes that any commit empties
+(`answer_cache`); filters are applied to the values here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import orjson
 from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from iip.api.middleware import REQUEST_ID_RE, SECURITY_HEADERS
+from iip.api.middleware import REQUEST_ID_RE, SECURITY_HEADERS, RouteTally
+from iip.identifiers.answer_cache import AnswerCache, CommitWatch
 from iip.identifiers.answers import Fallthrough, answer_body, public_values
 from iip.identifiers.codec import (
     CONTROL_RE,
@@ -106,7 +108,18 @@ class HandleReader:
         mark = "?" if self.sqlite else "%s"
         self.answer_sql = ANSWER_QUERY.format(mark)
         self.values_sql = VALUES_QUERY.format(mark)
+        self.cache_bytes = runtime.settings.identifiers.resolution_cache_mib * 2**20
         self._kept: Any = None
+        self._cache: AnswerCache | None = None
+
+    def answer_cache(self) -> AnswerCache | None:
+        """The cache of stored answers if it may be used now (SQLite in WAL mode, enabled), else None."""
+        if not self.sqlite or not self.cache_bytes:
+            return None
+        if self._kept is None:
+            self._connection()
+        cache = self._cache
+        return cache if cache is not None and cache.current() else None
 
     async def row(self, key: str, *, filtered: bool) -> Row | None:
         sql = self.values_sql if filtered else self.answer_sql
@@ -114,13 +127,22 @@ class HandleReader:
             return self._kept_row(sql, key)
         return await anyio.to_thread.run_sync(self._pooled_row, sql, key)
 
-    def _kept_row(self, sql: str, key: str) -> Row | None:
+    def _connection(self) -> Any:
         if self._kept is None:
             self._kept = self.engine.raw_connection()
+            driver = self._kept.driver_connection
             # Pages read through a memory map rather than a system call each: about a quarter off a key read.
-            self._kept.driver_connection.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+            driver.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+            database = self.engine.url.database
+            wal = driver.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            if self.cache_bytes and wal and database and database != ":memory:":
+                watch = CommitWatch.open(database)
+                self._cache = None if watch is None else AnswerCache(watch, self.cache_bytes)
+        return self._kept.driver_connection
+
+    def _kept_row(self, sql: str, key: str) -> Row | None:
         try:
-            found = self._kept.driver_connection.execute(sql, (key,)).fetchone()
+            found = self._connection().execute(sql, (key,)).fetchone()
         except Exception:
             self.close()
             raise
@@ -144,6 +166,9 @@ class HandleReader:
 
     def close(self) -> None:
         kept, self._kept = self._kept, None
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.close()
         if kept is not None:
             try:
                 kept.invalidate()
@@ -164,7 +189,7 @@ class FastResolve:
         if settings.mode is Mode.PRODUCTION:
             headers.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
         self.security_headers = headers
-        self._metrics: Any = None
+        self._tally: RouteTally | None = None
         self.id_prefix = uuid.uuid4().hex[:16]
         self.id_counter = itertools.count()
 
@@ -227,24 +252,27 @@ class FastResolve:
         if not suffix or not PREFIX_RE.match(prefix) or CONTROL_RE.search(suffix) or len(key) > MAX_KEY_LENGTH:
             raise Fallthrough
         types, indexes = _query(scope["query_string"])
-        row = await self.reader.row(key, filtered=bool(types or indexes))
+        filtered = bool(types or indexes)
+        cache = None if filtered else self.reader.answer_cache()
+        if cache is not None:
+            kept = cache.answers.get(key)
+            if kept is not None:
+                return kept
+        row = await self.reader.row(key, filtered=filtered)
         if row is None:
             raise Fallthrough  # not found here: the full path answers 100, or refers
         answer, registered, stored = row
         if answer is not None:
+            if cache is not None:
+                cache.keep(key, answer)
             return answer
         return answer_body(registered, public_values(stored, types, indexes))
 
     def _observe(self, scope: Scope, elapsed: float, request_id: str) -> None:
-        metrics = self._metrics
-        if metrics is None:
-            http = scope["app"].state.metrics
-            metrics = self._metrics = (
-                http.requests.labels("GET", HANDLE_PATH, "200"),
-                http.latency.labels("GET", HANDLE_PATH),
-            )
-        metrics[0].inc()
-        metrics[1].observe(elapsed)
+        tally = self._tally
+        if tally is None:
+            tally = self._tally = scope["app"].state.metrics.tally("GET", HANDLE_PATH, 200)
+        tally.record(elapsed)
         # At DEBUG, not INFO as other requests: a log line per resolution would cost more than the
         # resolution (the static-file baseline logs none either); the metrics count every one.
         if logger.isEnabledFor(logging.DEBUG):

@@ -80,6 +80,13 @@ class IdentifierSettings(BaseModel):
     root_public_key: str = Field(
         default="", description="The root node's Ed25519 public key (raw, base64) to pin; empty: trust on first use."
     )
+    resolution_cache_mib: int = Field(
+        default=64,
+        ge=0,
+        le=65_536,
+        description="Rendered answers each server worker keeps for anonymous resolution on SQLite, in MiB; "
+        "emptied by every commit; 0: none.",
+    )
     resolver_cache_size: int = Field(default=10_000, ge=0, description="Answers the recursive resolver keeps.")
     resolver_max_ttl: int = Field(default=86_400, ge=0, description="Longest a resolver answer is cached, in seconds.")
     resolver_negative_ttl: int = Field(default=60, ge=0, description="How long 'not found' is cached, in seconds.")
