@@ -9,6 +9,7 @@ them in their own tenant.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -128,3 +129,29 @@ ALARM_KINDS: dict[str, dict[str, Any]] = {
     f"{RULE}/enabled": {"create": tenant_b_rule, "read": RULE, "bodies": {"PUT": {"enabled": False}}},
     f"{RULE}/versions": {"create": tenant_b_rule, "read": RULE},
 }
+
+# The console pages of the same objects: forms, answered with pages.
+PAGE_ALARM = "/alarms/{alarm_id}"
+PAGE_RULE = "/alarms/rules/{rule}"
+ALARM_KINDS.update(
+    {
+        PAGE_ALARM: {"create": tenant_b_alarm, "read": ALARM},
+        f"{PAGE_ALARM}/acknowledge": {"create": tenant_b_alarm, "read": ALARM, "bodies": {"POST": {"comment": "A"}}},
+        f"{PAGE_ALARM}/shelve": {
+            "create": tenant_b_alarm,
+            "read": ALARM,
+            "bodies": {"POST": {"minutes": "30", "reason": "A"}},
+        },
+        f"{PAGE_ALARM}/unshelve": {"create": tenant_b_shelved_alarm, "read": ALARM},
+        f"{PAGE_ALARM}/comments": {"create": tenant_b_alarm, "read": ALARM, "bodies": {"POST": {"text": "by A"}}},
+        f"{PAGE_ALARM}/reset": {"create": tenant_b_latched_alarm, "read": ALARM},
+        f"{PAGE_ALARM}/out-of-service": {"create": tenant_b_alarm, "read": ALARM},
+        f"{PAGE_ALARM}/return-to-service": {"create": tenant_b_alarm_out_of_service, "read": ALARM},
+        PAGE_RULE: {
+            "create": tenant_b_shared_rule,
+            "read": RULE,
+            "bodies": {"POST": {"action": "save", "document": json.dumps(rule_spec(SHARED_RULE_KEY, "changed by A"))}},
+        },
+        f"{PAGE_RULE}/enabled": {"create": tenant_b_rule, "read": RULE, "bodies": {"POST": {"enabled": "false"}}},
+    }
+)

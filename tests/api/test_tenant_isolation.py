@@ -41,7 +41,7 @@ class ConsoleSession:
     csrf: str
 
 
-EVENT_STREAM_SUFFIX = "/events"  # server-sent events: read up to the first event
+EVENT_STREAMS = ("/events", "/api/alarms/feed")  # server-sent events: read up to the first event
 
 
 def is_api(path: str) -> bool:
@@ -66,7 +66,7 @@ class World:
         """A request from tenant A's `role`, sent the way the route expects to be called."""
         if is_api(path):
             headers = self.tenant_a.headers(role)
-            if method == "GET" and path.endswith(EVENT_STREAM_SUFFIX):
+            if method == "GET" and path.endswith(EVENT_STREAMS):
                 return self.first_event(path, headers)
             return self.client.request(method, path, json=body, headers=headers, follow_redirects=False)
         session = self.a_sessions[role]

@@ -255,8 +255,14 @@ class AlarmRepository:
         end: dt.datetime | None,
         offset: int,
         limit: int,
+        device: str | None = None,
+        rule_key: str | None = None,
     ) -> tuple[list[AlarmHistory], int]:
         conditions = self._history_range(tenant_id, start, end)
+        if device is not None:
+            conditions.append(AlarmHistory.device == device)
+        if rule_key is not None:
+            conditions.append(AlarmHistory.rule_key == rule_key)
         total = self.session.scalar(select(func.count()).select_from(AlarmHistory).where(and_(True, *conditions))) or 0
         query = (
             select(AlarmHistory)
