@@ -27,11 +27,12 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from iip.alarms.lifecycle import Action, AlarmSnapshot, HistoryEntry, redundant, transition
@@ -80,6 +81,49 @@ Clock = Callable[[], dt.datetime]
 SiteLookup = Callable[[str, str], str]  # (tenant id, device key) -> the device's site
 
 
+@dataclass(slots=True)
+class AlarmDraft:
+    """An alarm first raised in this batch: `Alarm`'s columns in a plain object, inserted with the
+    batch's others in one statement. An ORM object costs more to build and flush than the whole
+    transition, which matters in an alarm flood."""
+
+    id: str
+    tenant_id: str
+    rule_key: str
+    rule_version: int
+    device: str
+    state: str
+    latched: bool
+    priority: str
+    priority_rank: int
+    created_at: dt.datetime
+    last_change_at: dt.datetime
+    shelved: bool = False
+    shelved_until: dt.datetime | None = None
+    shelved_by: str = ""
+    suppressed: bool = False
+    out_of_service: bool = False
+    position: str = ""
+    site: str = ""
+    message: str = ""
+    value: float | None = None
+    condition_ms: int | None = None
+    suppression_ms: int | None = None
+    first_activated_at: dt.datetime | None = None
+    last_activated_at: dt.datetime | None = None
+    acknowledged_at: dt.datetime | None = None
+    acknowledged_by: str = ""
+    activation_count: int = 0
+    acknowledge_count: int = 0
+    sequence: int = 0
+
+
+AlarmRow = Alarm | AlarmDraft
+DRAFT_COLUMNS = tuple(field.name for field in fields(AlarmDraft))
+ALARM_TABLE: Any = Alarm.__table__
+HISTORY_TABLE: Any = AlarmHistory.__table__
+
+
 def ms_time(at_ms: int) -> dt.datetime:
     return EPOCH + dt.timedelta(milliseconds=at_ms)
 
@@ -91,7 +135,7 @@ def time_ms(at: dt.datetime) -> int:
 # --- views
 
 
-def snapshot_of(row: Alarm) -> AlarmSnapshot:
+def snapshot_of(row: AlarmRow) -> AlarmSnapshot:
     return AlarmSnapshot(
         state=AlarmState(row.state),
         latched=row.latched,
@@ -113,7 +157,7 @@ def snapshot_of(row: Alarm) -> AlarmSnapshot:
     )
 
 
-def _store_snapshot(row: Alarm, snapshot: AlarmSnapshot) -> None:
+def _store_snapshot(row: AlarmRow, snapshot: AlarmSnapshot) -> None:
     row.state = snapshot.state.value
     row.latched = snapshot.latched
     row.shelved = snapshot.shelved
@@ -203,7 +247,7 @@ def version_view(row: RuleVersion) -> RuleVersionOut:
     )
 
 
-def change_of(row: Alarm, entry: HistoryEntry) -> AlarmChange:
+def change_of(row: AlarmRow, entry: HistoryEntry) -> AlarmChange:
     return AlarmChange(
         tenant_id=row.tenant_id,
         alarm_id=row.id,
@@ -601,23 +645,40 @@ class AlarmService:
         by_tenant: dict[str, list[ConditionChange]] = {}
         for change in changes:
             by_tenant.setdefault(change.tenant_id, []).append(change)
+        drafts: list[AlarmDraft] = []
+        history: list[dict[str, Any]] = []
         for tenant, items in by_tenant.items():
-            alarms = self.repo.alarms_for(tenant, [(c.rule_key, c.device) for c in items])
+            alarms: dict[tuple[str, str], AlarmRow] = dict(
+                self.repo.alarms_for(tenant, [(c.rule_key, c.device) for c in items])
+            )
             specs = self.repo.version_specs(tenant, [(c.rule_key, c.rule_version) for c in items])
-            current = self.repo.rules_by_key(tenant, sorted({c.rule_key for c in items}))
+            # The rule rows only for changes naming a version that is not stored.
+            current = self.repo.rules_by_key(
+                tenant, sorted({c.rule_key for c in items if (c.rule_key, c.rule_version) not in specs})
+            )
+            parsed: dict[tuple[str, int], tuple[int, RuleSpec | None]] = {}
             for change in items:
-                result = self._apply_one(change, alarms, specs, current, sites)
+                result = self._apply_one(change, alarms, specs, current, sites, parsed, drafts, history)
                 if result is not None:
                     applied.append(result)
+        # New alarms before their history (its foreign key); each as one executemany of plain rows.
+        if drafts:
+            rows = [{name: getattr(draft, name) for name in DRAFT_COLUMNS} for draft in drafts]
+            self.session.execute(insert(ALARM_TABLE), rows)
+        if history:
+            self.session.execute(insert(HISTORY_TABLE), history)
         return applied
 
     def _apply_one(  # noqa: PLR0911 - each way a change is skipped is a return of its own
         self,
         change: ConditionChange,
-        alarms: dict[tuple[str, str], Alarm],
+        alarms: dict[tuple[str, str], AlarmRow],
         specs: Mapping[tuple[str, int], dict[str, Any]],
         current: Mapping[str, Rule],
         sites: SiteLookup | None,
+        parsed: dict[tuple[str, int], tuple[int, RuleSpec | None]],
+        drafts: list[AlarmDraft],
+        history: list[dict[str, Any]],
     ) -> AlarmChange | None:
         if (change.active is None) == (change.suppressed is None):
             logger.warning(
@@ -634,7 +695,7 @@ class AlarmService:
                 change.at_ms,
             )
             return None
-        version, spec = self._rule_for(change, specs, current)
+        version, spec = self._rule_for(change, specs, current, parsed)
         if spec is None:
             logger.warning(
                 "condition change for unknown rule %s of tenant %s; skipped", change.rule_key, change.tenant_id
@@ -649,7 +710,9 @@ class AlarmService:
         if alarm is None:
             if action in (Action.CLEAR, Action.UNSUPPRESS):
                 return None  # nothing was raised
-            alarm = alarms[key] = self._new_alarm(change, version, spec)
+            draft = self._new_alarm(change, version, spec)
+            drafts.append(draft)
+            alarm = alarms[key] = draft
         condition = action in (Action.ACTIVATE, Action.CLEAR)
         last = alarm.condition_ms if condition else alarm.suppression_ms
         if last is not None and change.at_ms <= last:
@@ -673,10 +736,25 @@ class AlarmService:
             message=message or None,
             latched=spec.latched if action is Action.ACTIVATE else None,
         )
-        return self._record(alarm, after, entry)
+        return self._record(alarm, after, entry, history)
 
     def _rule_for(
-        self, change: ConditionChange, specs: Mapping[tuple[str, int], dict[str, Any]], current: Mapping[str, Rule]
+        self,
+        change: ConditionChange,
+        specs: Mapping[tuple[str, int], dict[str, Any]],
+        current: Mapping[str, Rule],
+        parsed: dict[tuple[str, int], tuple[int, RuleSpec | None]],
+    ) -> tuple[int, RuleSpec | None]:
+        """The rule version and spec a change is applied with, parsed once per batch."""
+        wanted = (change.rule_key, change.rule_version)
+        found = parsed.get(wanted)
+        if found is None:
+            found = parsed[wanted] = self._parse_rule_for(change, specs, current)
+        return found
+
+    @staticmethod
+    def _parse_rule_for(
+        change: ConditionChange, specs: Mapping[tuple[str, int], dict[str, Any]], current: Mapping[str, Rule]
     ) -> tuple[int, RuleSpec | None]:
         data = specs.get((change.rule_key, change.rule_version))
         version = change.rule_version
@@ -690,9 +768,8 @@ class AlarmService:
         except ValidationError:
             return version, None
 
-    def _new_alarm(self, change: ConditionChange, version: int, spec: RuleSpec) -> Alarm:
-        now = self.clock()
-        row = Alarm(
+    def _new_alarm(self, change: ConditionChange, version: int, spec: RuleSpec) -> AlarmDraft:
+        return AlarmDraft(
             id=new_id(),
             tenant_id=change.tenant_id,
             rule_key=change.rule_key,
@@ -700,27 +777,14 @@ class AlarmService:
             device=change.device,
             state=AlarmState.NORMAL.value,
             latched=spec.latched,
-            shelved=False,
-            shelved_by="",
-            suppressed=False,
-            out_of_service=False,
             priority=spec.priority.value,
             priority_rank=spec.priority.rank,
-            position="",
-            site="",
-            message="",
-            acknowledged_by="",
-            activation_count=0,
-            acknowledge_count=0,
-            sequence=0,
-            created_at=now,
+            created_at=self.clock(),
             last_change_at=ms_time(change.at_ms),
         )
-        self.session.add(row)
-        return row
 
     @staticmethod
-    def _describe(alarm: Alarm, version: int, spec: RuleSpec, sites: SiteLookup | None) -> None:
+    def _describe(alarm: AlarmRow, version: int, spec: RuleSpec, sites: SiteLookup | None) -> None:
         """The rule's metadata in force: version, priority, site and operator position."""
         alarm.rule_version = version
         alarm.priority = spec.priority.value
@@ -729,30 +793,35 @@ class AlarmService:
             alarm.site = sites(alarm.tenant_id, alarm.device)[:200]
         alarm.position = (spec.position or alarm.site)[:100]
 
-    def _record(self, alarm: Alarm, after: AlarmSnapshot, entry: HistoryEntry) -> AlarmChange:
+    def _record(
+        self, alarm: AlarmRow, after: AlarmSnapshot, entry: HistoryEntry, batch: list[dict[str, Any]] | None = None
+    ) -> AlarmChange:
+        """Store the transition on the alarm and in its history (in `batch`, to insert with others)."""
         _store_snapshot(alarm, after)
-        self.session.add(
-            AlarmHistory(
-                alarm_id=alarm.id,
-                tenant_id=alarm.tenant_id,
-                sequence=entry.sequence,
-                action=entry.action.value,
-                state=entry.state.value,
-                shelved=entry.shelved,
-                suppressed=entry.suppressed,
-                out_of_service=entry.out_of_service,
-                rule_key=alarm.rule_key,
-                rule_version=alarm.rule_version,
-                device=alarm.device,
-                position=alarm.position,
-                priority=alarm.priority,
-                value=entry.value,
-                message=entry.message[:500],
-                actor=entry.actor[:200],
-                comment=entry.comment,
-                at=entry.at,
-            )
-        )
+        row = {
+            "alarm_id": alarm.id,
+            "tenant_id": alarm.tenant_id,
+            "sequence": entry.sequence,
+            "action": entry.action.value,
+            "state": entry.state.value,
+            "shelved": entry.shelved,
+            "suppressed": entry.suppressed,
+            "out_of_service": entry.out_of_service,
+            "rule_key": alarm.rule_key,
+            "rule_version": alarm.rule_version,
+            "device": alarm.device,
+            "position": alarm.position,
+            "priority": alarm.priority,
+            "value": entry.value,
+            "message": entry.message[:500],
+            "actor": entry.actor[:200],
+            "comment": entry.comment,
+            "at": entry.at,
+        }
+        if batch is not None:
+            batch.append(row)
+        else:
+            self.session.add(AlarmHistory(**row))
         if entry.comment and entry.actor:
             self.session.add(
                 AlarmComment(
@@ -928,12 +997,16 @@ class AlarmService:
         offset: int = 0,
         limit: int = 100,
         tenant_id: str | None = None,
+        device: str | None = None,
+        rule_key: str | None = None,
     ) -> tuple[list[AlarmHistory], int]:
-        """The history of the tenant's alarms in [start, end), newest first."""
+        """The history of the tenant's alarms in [start, end), newest first (of one device, one rule)."""
         self.actor.require("alarms.read")
         if start is not None and end is not None and end <= start:
             raise Invalid("end must be after start")
-        return self.repo.tenant_history(self._scope(tenant_id), start=start, end=end, offset=offset, limit=limit)
+        return self.repo.tenant_history(
+            self._scope(tenant_id), start=start, end=end, offset=offset, limit=limit, device=device, rule_key=rule_key
+        )
 
     def history_records(
         self, start: dt.datetime, end: dt.datetime, *, tenant_id: str | None = None
