@@ -118,7 +118,7 @@ class AlarmDraft:
     sequence: int = 0
 
 
-AlarmRow = Alarm | AlarmDraft
+AlarmRecord = Alarm | AlarmDraft
 DRAFT_COLUMNS = tuple(field.name for field in fields(AlarmDraft))
 ALARM_TABLE: Any = Alarm.__table__
 HISTORY_TABLE: Any = AlarmHistory.__table__
@@ -135,7 +135,7 @@ def time_ms(at: dt.datetime) -> int:
 # --- views
 
 
-def snapshot_of(row: AlarmRow) -> AlarmSnapshot:
+def snapshot_of(row: AlarmRecord) -> AlarmSnapshot:
     return AlarmSnapshot(
         state=AlarmState(row.state),
         latched=row.latched,
@@ -157,7 +157,7 @@ def snapshot_of(row: AlarmRow) -> AlarmSnapshot:
     )
 
 
-def _store_snapshot(row: AlarmRow, snapshot: AlarmSnapshot) -> None:
+def _store_snapshot(row: AlarmRecord, snapshot: AlarmSnapshot) -> None:
     row.state = snapshot.state.value
     row.latched = snapshot.latched
     row.shelved = snapshot.shelved
@@ -247,7 +247,7 @@ def version_view(row: RuleVersion) -> RuleVersionOut:
     )
 
 
-def change_of(row: AlarmRow, entry: HistoryEntry) -> AlarmChange:
+def change_of(row: AlarmRecord, entry: HistoryEntry) -> AlarmChange:
     return AlarmChange(
         tenant_id=row.tenant_id,
         alarm_id=row.id,
@@ -648,7 +648,7 @@ class AlarmService:
         drafts: list[AlarmDraft] = []
         history: list[dict[str, Any]] = []
         for tenant, items in by_tenant.items():
-            alarms: dict[tuple[str, str], AlarmRow] = dict(
+            alarms: dict[tuple[str, str], AlarmRecord] = dict(
                 self.repo.alarms_for(tenant, [(c.rule_key, c.device) for c in items])
             )
             specs = self.repo.version_specs(tenant, [(c.rule_key, c.rule_version) for c in items])
@@ -672,7 +672,7 @@ class AlarmService:
     def _apply_one(  # noqa: PLR0911 - each way a change is skipped is a return of its own
         self,
         change: ConditionChange,
-        alarms: dict[tuple[str, str], AlarmRow],
+        alarms: dict[tuple[str, str], AlarmRecord],
         specs: Mapping[tuple[str, int], dict[str, Any]],
         current: Mapping[str, Rule],
         sites: SiteLookup | None,
@@ -784,7 +784,7 @@ class AlarmService:
         )
 
     @staticmethod
-    def _describe(alarm: AlarmRow, version: int, spec: RuleSpec, sites: SiteLookup | None) -> None:
+    def _describe(alarm: AlarmRecord, version: int, spec: RuleSpec, sites: SiteLookup | None) -> None:
         """The rule's metadata in force: version, priority, site and operator position."""
         alarm.rule_version = version
         alarm.priority = spec.priority.value
@@ -794,7 +794,7 @@ class AlarmService:
         alarm.position = (spec.position or alarm.site)[:100]
 
     def _record(
-        self, alarm: AlarmRow, after: AlarmSnapshot, entry: HistoryEntry, batch: list[dict[str, Any]] | None = None
+        self, alarm: AlarmRecord, after: AlarmSnapshot, entry: HistoryEntry, batch: list[dict[str, Any]] | None = None
     ) -> AlarmChange:
         """Store the transition on the alarm and in its history (in `batch`, to insert with others)."""
         _store_snapshot(alarm, after)
