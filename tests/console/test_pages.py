@@ -86,11 +86,12 @@ def test_navigation_follows_the_role(client: TestClient, runtime: Runtime, tenan
     admin(client, tenant_a)
     identifiers = ["/identifiers/search", "/identifiers/register", "/identifiers/filings"]
     devices = ["/devices", "/devices/profiles", "/devices/dead-letters"]
+    alarms = ["/alarms", "/alarms/history", "/alarms/rules", "/alarms/report"]
     access = ["/access/users", "/access/api-keys", "/access/audit"]
-    assert nav_links(client.get("/").text) == ["/", *access, *devices, *identifiers]
+    assert nav_links(client.get("/").text) == ["/", *access, *devices, *alarms, *identifiers]
     client.cookies.clear()
     sign_in(client, "audrey", PASSWORD)
-    readable = [*devices, "/identifiers/search", "/identifiers/filings"]
+    readable = [*devices, *alarms, "/identifiers/search", "/identifiers/filings"]
     assert nav_links(client.get("/").text) == ["/", "/access/audit", *readable]
     client.cookies.clear()
     sign_in(client, "vera", PASSWORD)
