@@ -19,11 +19,11 @@ from iip.devices.service import (
     DEVICE_TOKEN_PREFIX,
     DeviceRegistry,
     parse_document,
-    render_document,
     token_digest,
 )
 from iip.kernel.auth import AccessService, Principal, Role
 from iip.kernel.db import Database
+from iip.kernel.documents import render_document
 from iip.kernel.errors import Conflict, Invalid, NotFound
 from iip.migrations.runner import upgrade
 from tests.conftest import BACKENDS, database_url

@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -64,6 +63,8 @@ from iip.kernel import audit
 from iip.kernel.auth import AccessService, Principal, Role, new_id
 from iip.kernel.bus import Bus
 from iip.kernel.db import utcnow
+from iip.kernel.documents import read_document, render_document
+from iip.kernel.documents import validation_messages as document_messages
 from iip.kernel.errors import Conflict, Invalid, NotFound
 from iip.kernel.settings import AlarmsSettings
 
@@ -275,46 +276,12 @@ def change_of(row: AlarmRecord, entry: HistoryEntry) -> AlarmChange:
 
 def validation_messages(err: ValidationError, where: str = "") -> list[str]:
     """Pydantic's errors as `place: message` lines, e.g. `[2].high: ...`."""
-    lines: list[str] = []
-    for error in err.errors():
-        place = where
-        loc = error["loc"]
-        if loc and loc[0] in RULE_KINDS:  # the union's tag: the rule's own kind, no place of its own
-            loc = loc[1:]
-        for part in loc:
-            place += f"[{part}]" if isinstance(part, int) else f".{part}"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{place.lstrip('.')}: {message}" if place else message)
-    return lines
+    return document_messages(err, where, tags=RULE_KINDS)
 
 
 def parse_rules_document(data: bytes | str, document_format: str | None = None) -> list[Any]:
     """The rules of a YAML or JSON document: a list of rules, or a mapping with a `rules` list."""
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise Invalid(f"the document is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB", code="too_large")
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise Invalid(f"the document is not UTF-8 (byte {err.start})", code="invalid_document") from None
-    kind = document_format or ("json" if data.lstrip()[:1] in {"{", "["} else "yaml")
-    if kind == "json":
-        try:
-            document = json.loads(data)
-        except json.JSONDecodeError as err:
-            raise Invalid(
-                f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", code="invalid_document"
-            ) from None
-    elif kind == "yaml":
-        try:
-            document = yaml.safe_load(data)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or type(err).__name__
-            raise Invalid(f"not valid YAML: {problem}{where}", code="invalid_document") from None
-    else:
-        raise Invalid(f"unknown document format '{kind}': expected yaml or json", code="invalid_document")
+    document = read_document(data, document_format, max_bytes=MAX_DOCUMENT_BYTES)
     if isinstance(document, dict) and set(document) == {"rules"}:
         document = document["rules"]
     if not isinstance(document, list):
@@ -323,9 +290,7 @@ def parse_rules_document(data: bytes | str, document_format: str | None = None) 
 
 
 def render_rules(rules: Sequence[Mapping[str, Any]], document_format: str = "yaml") -> str:
-    if document_format == "json":
-        return json.dumps(list(rules), ensure_ascii=False, indent=2) + "\n"
-    return yaml.safe_dump(list(rules), allow_unicode=True, sort_keys=False, default_flow_style=False)
+    return render_document(list(rules), document_format)
 
 
 def check_expressions(spec: RuleSpec) -> list[str]:

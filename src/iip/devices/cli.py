@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 from iip.cli.context import err_console, fail, out_console, record, unit_of_work
 from iip.devices.profiles import Protocol
 from iip.devices.schemas import SectionReport
-from iip.devices.service import DeviceRegistry, device_view, parse_document, render_document
+from iip.devices.service import DeviceRegistry, device_view, parse_document
 from iip.kernel.auth import AccessService, Principal, Role
+from iip.kernel.documents import render_document
 from iip.kernel.errors import Invalid
 
 devices_app = typer.Typer(help="Device registry: profiles, devices, gateways.", no_args_is_help=True)

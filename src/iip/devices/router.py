@@ -43,9 +43,9 @@ from iip.devices.service import (
     device_view,
     gateway_view,
     parse_document,
-    render_document,
 )
 from iip.kernel.auth import Principal
+from iip.kernel.documents import render_document
 
 router = APIRouter(tags=["devices"], responses=problem_responses(401, 403, 422))
 router.include_router(ingest_router)

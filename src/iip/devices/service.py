@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +44,7 @@ from iip.devices.schemas import (
 )
 from iip.kernel.auth import AccessService, Principal, new_id, sha256_hex
 from iip.kernel.db import utcnow
+from iip.kernel.documents import read_document, validation_messages
 from iip.kernel.errors import Conflict, Invalid, NotFound
 
 # Distinct from API keys (`iip_`), so ingest tells the kinds of credential apart without a lookup.
@@ -85,68 +84,10 @@ def token_digest(token: str) -> str:
 
 def parse_document(data: bytes | str, document_format: str | None = None) -> Any:
     """A registry document from YAML or JSON text (`document_format` "yaml" or "json"; None: guess)."""
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise Invalid(f"the document is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB", code="too_large")
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise Invalid(f"the document is not UTF-8 (byte {err.start})", code="invalid_document") from None
-    kind = document_format or ("json" if data.lstrip()[:1] in {"{", "["} else "yaml")
-    if kind == "json":
-        try:
-            document = json.loads(data)
-        except json.JSONDecodeError as err:
-            raise Invalid(
-                f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", code="invalid_document"
-            ) from None
-    elif kind == "yaml":
-        try:
-            document = yaml.safe_load(data)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or type(err).__name__
-            raise Invalid(f"not valid YAML: {problem}{where}", code="invalid_document") from None
-    else:
-        raise Invalid(f"unknown document format '{kind}': expected yaml or json", code="invalid_document")
-    _check_size(document)
-    return document
-
-
-def _check_size(document: Any) -> None:
-    budget = MAX_DOCUMENT_NODES
-    stack = [document]
-    while stack:
-        node = stack.pop()
-        budget -= 1
-        if budget < 0:
-            raise Invalid(f"the document has more than {MAX_DOCUMENT_NODES} values", code="too_large")
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-
-
-def render_document(document: Mapping[str, Any], document_format: str = "yaml") -> str:
-    if document_format == "json":
-        return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-    return yaml.safe_dump(dict(document), allow_unicode=True, sort_keys=False, default_flow_style=False)
+    return read_document(data, document_format, max_bytes=MAX_DOCUMENT_BYTES, max_values=MAX_DOCUMENT_NODES)
 
 
 # --- validation helpers
-
-
-def validation_messages(err: ValidationError, where: str = "") -> list[str]:
-    """Pydantic's errors as `place: message` lines, e.g. `profiles[0].metrics[1].modbus.address: ...`."""
-    lines: list[str] = []
-    for error in err.errors():
-        place = where
-        for part in error["loc"]:
-            place += f"[{part}]" if isinstance(part, int) else (f".{part}" if place else str(part))
-        message = str(error["msg"]).removeprefix("Value error, ")
-        lines.append(f"{place}: {message}" if place else message)
-    return lines
 
 
 def check_connection(protocol: Protocol, data: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:

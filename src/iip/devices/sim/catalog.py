@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from iip.devices.ingest.mqtt import BrokerAddress
 from iip.devices.profiles import NAME, DeviceProfile
-from iip.devices.service import render_document
 from iip.devices.sim.signals import LINE_MACHINES
+from iip.kernel.documents import render_document
 from iip.kernel.errors import Invalid
 from iip.kernel.settings import DevicesSettings, SettingsError
 
