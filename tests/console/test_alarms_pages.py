@@ -10,7 +10,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,20 @@ from iip.alarms.models import Alarm, AlarmHistory, Rule
 from iip.alarms.public import ALARM_CHANGES, AlarmChange
 from iip.alarms.rules import ConditionChange
 from iip.alarms.service import AlarmService
-from iip.api.app import create_app
 from iip.console.i18n import extract_msgids, load_catalogues, module_locale_dir
-from iip.kernel.auth import AccessService, Principal, Role
+from iip.kernel.auth import Principal, Role
 from iip.kernel.bus import Delivery
-from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
-from iip.kernel.settings import Settings
-from iip.migrations.runner import upgrade
-from tests.conftest import BACKENDS, TenantFixture, database_url, make_tenant
-from tests.console.support import assert_html, audit_entries, sign_in
+from tests.conftest import BACKENDS, TenantFixture
+from tests.console.support import (
+    ConsoleApp,
+    assert_html,
+    audit_entries,
+    console_app,
+    tenant_with_users,
+)
+from tests.console.support import sign_in_as as sign_in_as_in
 
-PASSWORD = "a-long-enough-password"
 PLACEHOLDER_RE = re.compile(r"%\((\w+)\)s")
 SCRIPT_TAG_RE = re.compile(r"<script\b([^>]*)>", re.IGNORECASE)
 ALARMS_PACKAGE = Path(pages.__file__).parent
@@ -81,57 +82,29 @@ RULES: list[dict[str, Any]] = [
 SITES = {"b-1": "north", "b-2": "south", "b-3": "north", "t-1": "north", "gd-1": "south"}
 
 
-@dataclass(frozen=True)
-class Console:
-    client: TestClient
-    runtime: Runtime
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
-def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleApp]:
     """One app over one migrated database per backend for the module; tests use tenants of their own."""
-    folder = tmp_path_factory.mktemp("alarms-pages")
-    with database_url(str(request.param), folder) as url:
-        settings = Settings(data_dir=folder / "var", database_url=url, log_format="text", log_level="WARNING")
-        db = Database(settings.effective_database_url)
-        upgrade(db)
-        runtime = Runtime.build(settings)
-        runtime.db.dispose()
-        runtime.db = db
-        with TestClient(create_app(runtime=runtime, configure_logs=False)) as client:
-            yield Console(client, runtime)
-        db.dispose()
+    with console_app(str(request.param), tmp_path_factory.mktemp("alarms-pages")) as app:
+        yield app
 
 
 @pytest.fixture
-def client(console: Console) -> TestClient:
+def client(console: ConsoleApp) -> TestClient:
     return console.client
 
 
 @pytest.fixture
-def tenant(console: Console) -> TenantFixture:
+def tenant(console: ConsoleApp) -> TenantFixture:
     return new_tenant(console.runtime)
 
 
 def new_tenant(runtime: Runtime) -> TenantFixture:
-    tenant = make_tenant(runtime.db, f"t-{uuid.uuid4().hex[:10]}")
-    with runtime.db.session() as session:
-        service = AccessService(session)
-        for role in ROLES:
-            service.create_user(tenant.id, f"{tenant.name}-{role.value}", PASSWORD, role)
-    return tenant
+    return tenant_with_users(runtime, ROLES)
 
 
 def sign_in_as(client: TestClient, tenant: TenantFixture, role: Role = Role.ADMIN, language: str = "en") -> str:
-    """A fresh session of the tenant's user with that role, in that language; its CSRF token."""
-    client.cookies.clear()
-    if role is Role.ADMIN:
-        token = sign_in(client, f"{tenant.name}-admin", tenant.admin_password)
-    else:
-        token = sign_in(client, f"{tenant.name}-{role.value}", PASSWORD)
-    response = client.post("/lang", data={"language": language, "next": "/", "csrf_token": token})
-    assert response.status_code == 200, response.text
-    return token
+    return sign_in_as_in(client, tenant, role, language)
 
 
 def admin(tenant: TenantFixture) -> Principal:
@@ -246,7 +219,9 @@ HEADINGS = {
 
 
 @pytest.mark.parametrize("language", ["zh_CN", "en"])
-def test_pages_render_for_every_role_in_both_languages(console: Console, tenant: TenantFixture, language: str) -> None:
+def test_pages_render_for_every_role_in_both_languages(
+    console: ConsoleApp, tenant: TenantFixture, language: str
+) -> None:
     client = console.client
     ids = plant(console.runtime, tenant)
     for role in (Role.ADMIN, Role.VIEWER):
@@ -292,7 +267,7 @@ def test_the_list_is_live_and_scripted_from_files(client: TestClient, tenant: Te
 # --- the list: filters, sorts, groups, pages --------------------------------------------------
 
 
-def test_current_alarms_filtered_and_sorted(console: Console, tenant: TenantFixture) -> None:
+def test_current_alarms_filtered_and_sorted(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     ids = plant(console.runtime, tenant)
     sign_in_as(client, tenant, Role.VIEWER)
@@ -324,7 +299,7 @@ def test_current_alarms_filtered_and_sorted(console: Console, tenant: TenantFixt
     assert_html(client.get("/alarms", params={"q": "a\tb", "position": "x" * 5000}), 200)
 
 
-def test_groups_by_rule_device_and_priority(console: Console, tenant: TenantFixture) -> None:
+def test_groups_by_rule_device_and_priority(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     plant(console.runtime, tenant)
     sign_in_as(client, tenant, Role.VIEWER)
@@ -353,7 +328,7 @@ def test_groups_by_rule_device_and_priority(console: Console, tenant: TenantFixt
     assert listed(client.get(unescape(link)).text) == ["b-2", "b-1"]
 
 
-def test_the_list_pages_through_a_flood(console: Console, tenant: TenantFixture) -> None:
+def test_the_list_pages_through_a_flood(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     with console.runtime.db.session() as session:
         AlarmService(session, admin(tenant)).import_rules(RULES)
@@ -374,7 +349,7 @@ def test_the_list_pages_through_a_flood(console: Console, tenant: TenantFixture)
 # --- actions in place -------------------------------------------------------------------------
 
 
-def test_acknowledge_in_place_is_recorded_with_the_user(console: Console, tenant: TenantFixture) -> None:
+def test_acknowledge_in_place_is_recorded_with_the_user(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     ids = plant(runtime, tenant)
     token = sign_in_as(client, tenant, Role.OPERATOR)
@@ -417,7 +392,7 @@ def test_acknowledge_in_place_is_recorded_with_the_user(console: Console, tenant
     assert refused.json()["error"].startswith("未执行：the alarm is active and acknowledged")
 
 
-def test_actions_are_published_once_committed(console: Console, tenant: TenantFixture) -> None:
+def test_actions_are_published_once_committed(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     ids = plant(runtime, tenant)
     heard: list[AlarmChange] = []
@@ -445,7 +420,7 @@ def test_actions_are_published_once_committed(console: Console, tenant: TenantFi
         client.portal.call(subscription.stop)
 
 
-def test_shelve_unshelve_comment_reset_and_service(console: Console, tenant: TenantFixture) -> None:
+def test_shelve_unshelve_comment_reset_and_service(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     ids = plant(runtime, tenant)
     token = sign_in_as(client, tenant, Role.OPERATOR)
@@ -504,7 +479,7 @@ def test_shelve_unshelve_comment_reset_and_service(console: Console, tenant: Ten
     assert not alarm_of(runtime, t1).out_of_service
 
 
-def test_acknowledge_selected(console: Console, tenant: TenantFixture) -> None:
+def test_acknowledge_selected(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     ids = plant(runtime, tenant)
     other = new_tenant(runtime)
@@ -546,7 +521,7 @@ def test_acknowledge_selected(console: Console, tenant: TenantFixture) -> None:
 # --- one alarm --------------------------------------------------------------------------------
 
 
-def test_the_alarm_page_shows_state_rationalisation_and_history(console: Console, tenant: TenantFixture) -> None:
+def test_the_alarm_page_shows_state_rationalisation_and_history(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     ids = plant(runtime, tenant)
     sign_in_as(client, tenant, Role.VIEWER)
@@ -572,7 +547,7 @@ def test_the_alarm_page_shows_state_rationalisation_and_history(console: Console
     assert_html(client.post(f"/alarms/{ids['b-2']}/comments", data={"text": "x"}), 403)
 
 
-def test_another_tenants_alarms_and_rules_are_404_pages(console: Console, tenant: TenantFixture) -> None:
+def test_another_tenants_alarms_and_rules_are_404_pages(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     other = new_tenant(runtime)
     foreign = plant(runtime, other)
@@ -599,7 +574,7 @@ def test_another_tenants_alarms_and_rules_are_404_pages(console: Console, tenant
     assert_html(client.get(f"/alarms/{foreign['b-1']}"), 200)
 
 
-def test_forms_need_the_session_csrf_token_and_a_session(console: Console, tenant: TenantFixture) -> None:
+def test_forms_need_the_session_csrf_token_and_a_session(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     ids = plant(console.runtime, tenant)
     sign_in_as(client, tenant, Role.ADMIN)
@@ -616,7 +591,7 @@ def test_forms_need_the_session_csrf_token_and_a_session(console: Console, tenan
 # --- the journal ------------------------------------------------------------------------------
 
 
-def test_the_history_filtered_by_time_device_and_rule(console: Console, tenant: TenantFixture) -> None:
+def test_the_history_filtered_by_time_device_and_rule(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     ids = plant(runtime, tenant)
     sign_in_as(client, tenant, Role.VIEWER)
@@ -648,7 +623,7 @@ def test_the_history_filtered_by_time_device_and_rule(console: Console, tenant: 
 # --- rules ------------------------------------------------------------------------------------
 
 
-def test_rules_list_and_enable_disable(console: Console, tenant: TenantFixture) -> None:
+def test_rules_list_and_enable_disable(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     ids = plant(runtime, tenant)
     token = sign_in_as(client, tenant, Role.ENGINEER)
@@ -701,7 +676,7 @@ rationalisation: {cause: Pump cavitating, corrective_action: Check the suction s
 """
 
 
-def test_the_rule_editor_shows_errors_readably(console: Console, tenant: TenantFixture) -> None:
+def test_the_rule_editor_shows_errors_readably(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     token = sign_in_as(client, tenant, Role.ENGINEER)
     new = assert_html(client.get("/alarms/rules/new"), 200)
@@ -739,7 +714,7 @@ def test_the_rule_editor_shows_errors_readably(console: Console, tenant: TenantF
     assert save(as_json) == (303, "/alarms/rules/flow.deviation.json")
 
 
-def test_editing_a_rule_stores_versions(console: Console, tenant: TenantFixture) -> None:
+def test_editing_a_rule_stores_versions(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     token = sign_in_as(client, tenant, Role.ENGINEER)
     client.post("/alarms/rules/new", data={"csrf_token": token, "action": "save", "document": NEW_RULE})
@@ -767,7 +742,7 @@ def test_editing_a_rule_stores_versions(console: Console, tenant: TenantFixture)
     assert audit_entries(runtime, "POST /alarms/rules/{rule}")
 
 
-def test_the_preview_replays_the_last_day_of_stored_data(console: Console, tenant: TenantFixture) -> None:
+def test_the_preview_replays_the_last_day_of_stored_data(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     document = {
         "profiles": [{"name": "pump", "protocol": "http", "metrics": [{"name": "flow"}]}],
@@ -819,7 +794,7 @@ def test_the_preview_replays_the_last_day_of_stored_data(console: Console, tenan
 # --- the report -------------------------------------------------------------------------------
 
 
-def test_the_report_measures_a_chosen_window(console: Console, tenant: TenantFixture) -> None:
+def test_the_report_measures_a_chosen_window(console: ConsoleApp, tenant: TenantFixture) -> None:
     client, runtime = console.client, console.runtime
     plant(runtime, tenant)
     # A flood at a position of its own: 12 alarms in 10 s, 30 s into one of the report's 10-minute

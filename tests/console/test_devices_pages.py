@@ -9,7 +9,6 @@ import json
 import re
 import socket
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from html import unescape
@@ -25,7 +24,6 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from iip.api.app import create_app
 from iip.console.i18n import extract_msgids, load_catalogues, module_locale_dir
 from iip.devices import pages
 from iip.devices.commands import SERVICE_KEY, CommandService
@@ -34,16 +32,19 @@ from iip.devices.drivers.runner import DeviceRunner
 from iip.devices.models import Command, Device
 from iip.devices.profiles import DeviceProfile
 from iip.devices.registry_directory import close_registry_services, registry_services
-from iip.kernel.auth import AccessService, Role
-from iip.kernel.db import Database
+from iip.kernel.auth import Role
 from iip.kernel.module import Module, discover_modules
 from iip.kernel.runtime import Runtime
-from iip.kernel.settings import Settings
-from iip.migrations.runner import upgrade
-from tests.conftest import BACKENDS, TenantFixture, database_url, make_tenant
-from tests.console.support import assert_html, audit_entries, sign_in
+from tests.conftest import BACKENDS, TenantFixture
+from tests.console.support import (
+    ConsoleApp,
+    assert_html,
+    audit_entries,
+    console_app,
+    sign_in_as,
+    tenant_with_users,
+)
 
-PASSWORD = "a-long-enough-password"
 PLACEHOLDER_RE = re.compile(r"%\((\w+)\)s")
 SCRIPT_TAG_RE = re.compile(r"<script\b([^>]*)>", re.IGNORECASE)
 DEVICES_PACKAGE = Path(pages.__file__).parent
@@ -103,64 +104,28 @@ def with_device_pages(modules: Sequence[Module]) -> tuple[Module, ...]:
     )
 
 
-@dataclass(frozen=True)
-class Console:
-    client: TestClient
-    runtime: Runtime
-
-
 @pytest.fixture(scope="module", params=BACKENDS)
-def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+def console(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleApp]:
     """One app over one migrated database per backend for the module; tests use tenants of their own."""
     folder = tmp_path_factory.mktemp("devices-pages")
-    with database_url(str(request.param), folder) as url:
-        settings = Settings(
-            data_dir=folder / "var",
-            database_url=url,
-            log_format="text",
-            log_level="WARNING",
-            devices={"command_timeout_s": 1.0},
-        )
-        db = Database(settings.effective_database_url)
-        upgrade(db)
-        runtime = Runtime.build(settings, modules=with_device_pages(discover_modules()))
-        runtime.db.dispose()
-        runtime.db = db
-        with TestClient(create_app(runtime=runtime, configure_logs=False)) as client:
-            yield Console(client, runtime)
-        close_registry_services(runtime)
-        db.dispose()
+    modules = with_device_pages(discover_modules())
+    with console_app(str(request.param), folder, modules=modules, devices={"command_timeout_s": 1.0}) as app:
+        yield app
+        close_registry_services(app.runtime)
 
 
 @pytest.fixture
-def client(console: Console) -> TestClient:
+def client(console: ConsoleApp) -> TestClient:
     return console.client
 
 
 @pytest.fixture
-def tenant(console: Console) -> TenantFixture:
+def tenant(console: ConsoleApp) -> TenantFixture:
     return new_tenant(console.runtime)
 
 
 def new_tenant(runtime: Runtime) -> TenantFixture:
-    tenant = make_tenant(runtime.db, f"t-{uuid.uuid4().hex[:10]}")
-    with runtime.db.session() as session:
-        service = AccessService(session)
-        for role in (Role.VIEWER, Role.ENGINEER):
-            service.create_user(tenant.id, f"{tenant.name}-{role.value}", PASSWORD, role)
-    return tenant
-
-
-def sign_in_as(client: TestClient, tenant: TenantFixture, role: Role = Role.ADMIN, language: str = "zh_CN") -> str:
-    """A fresh session of the tenant's user with that role, in that language; its CSRF token."""
-    client.cookies.clear()
-    if role is Role.ADMIN:
-        token = sign_in(client, f"{tenant.name}-admin", tenant.admin_password)
-    else:
-        token = sign_in(client, f"{tenant.name}-{role.value}", PASSWORD)
-    response = client.post("/lang", data={"language": language, "next": "/", "csrf_token": token})
-    assert response.status_code == 200, response.text
-    return token
+    return tenant_with_users(runtime, (Role.VIEWER, Role.ENGINEER))
 
 
 def import_document(client: TestClient, token: str, document: str, **fields: Any) -> str:
@@ -314,7 +279,7 @@ def test_latest_values_and_online_state_on_the_list_and_the_device(client: TestC
 # --- permissions ------------------------------------------------------------------------------
 
 
-def test_a_viewer_gets_no_forms_and_403_on_posting_them(console: Console, tenant: TenantFixture) -> None:
+def test_a_viewer_gets_no_forms_and_403_on_posting_them(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     load_registry(client, tenant)
     token = sign_in_as(client, tenant, Role.VIEWER, "en")
@@ -346,7 +311,7 @@ def test_signed_out_visitors_are_sent_to_the_login_page(client: TestClient) -> N
 # --- profiles and the import ------------------------------------------------------------------
 
 
-def test_import_by_paste_and_by_upload(console: Console, tenant: TenantFixture) -> None:
+def test_import_by_paste_and_by_upload(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     token = sign_in_as(client, tenant, Role.ENGINEER, "en")
     report = section(import_document(client, token, yaml.safe_dump(DOCUMENT)), "import-report")
@@ -469,7 +434,7 @@ class Plc:
 
 
 @pytest.fixture
-def plc(console: Console, tenant: TenantFixture) -> Iterator[Plc]:
+def plc(console: ConsoleApp, tenant: TenantFixture) -> Iterator[Plc]:
     """Tenant's device `plc-1`, polled from the app's event loop, with a command service sending to it."""
     runtime, portal = console.runtime, console.client.portal
     assert portal is not None
@@ -542,7 +507,7 @@ def plc(console: Console, tenant: TenantFixture) -> Iterator[Plc]:
         portal.call(stop)
 
 
-def held_registers(console: Console, port: int) -> list[int]:
+def held_registers(console: ConsoleApp, port: int) -> list[int]:
     async def read() -> list[int]:
         client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, reconnect_delay=0)
         try:
@@ -557,7 +522,7 @@ def held_registers(console: Console, port: int) -> list[int]:
     return console.client.portal.call(read)
 
 
-def test_a_command_is_acknowledged_refused_or_timed_out(console: Console, tenant: TenantFixture, plc: Plc) -> None:
+def test_a_command_is_acknowledged_refused_or_timed_out(console: ConsoleApp, tenant: TenantFixture, plc: Plc) -> None:
     client, runtime = console.client, console.runtime
     token = sign_in_as(client, tenant, Role.ENGINEER, "en")
     page = assert_html(client.get("/devices/plc-1"), 200)
@@ -611,7 +576,7 @@ def test_a_command_is_acknowledged_refused_or_timed_out(console: Console, tenant
 # --- dead letters -----------------------------------------------------------------------------
 
 
-def test_the_dead_letter_list_shows_a_rejected_message_safely(console: Console, tenant: TenantFixture) -> None:
+def test_the_dead_letter_list_shows_a_rejected_message_safely(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     load_registry(client, tenant)
     payload = {"device": "pump-01", "values": {"flow": "<script>alert(1)</script>"}}
@@ -640,7 +605,7 @@ def test_the_dead_letter_list_shows_a_rejected_message_safely(console: Console, 
     assert '<a href="/devices/dead-letters?device=pump-01" class="badge badge-danger">1</a>' in listed
 
 
-def test_dead_letters_page_through_older_ones(console: Console, tenant: TenantFixture) -> None:
+def test_dead_letters_page_through_older_ones(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     load_registry(client, tenant)
     lines = [{"device": "pump-01", "values": {"flow": f"bad-{n}"}} for n in range(pages.DEAD_LETTER_PAGE_SIZE + 3)]
@@ -661,7 +626,7 @@ def test_dead_letters_page_through_older_ones(console: Console, tenant: TenantFi
 # --- tenants ----------------------------------------------------------------------------------
 
 
-def test_another_tenants_devices_are_404_pages(console: Console, tenant: TenantFixture) -> None:
+def test_another_tenants_devices_are_404_pages(console: ConsoleApp, tenant: TenantFixture) -> None:
     client = console.client
     other = new_tenant(console.runtime)
     load_registry(client, other)

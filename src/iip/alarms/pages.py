@@ -14,15 +14,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import yaml
 from fastapi import APIRouter, BackgroundTasks, Depends, Form, Request
@@ -30,6 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from iip.alarms.actions import COMMENTED_ACTIONS, CommentedAction
 from iip.alarms.evaluation import preview
 from iip.alarms.feed import FEED_PATH
 from iip.alarms.lifecycle import ACTIVE_STATES as ACTIVE_ALARM_STATES
@@ -41,6 +41,7 @@ from iip.alarms.repository import AlarmFilter
 from iip.alarms.rules import RuleKind, RuleSpec, parse_rule
 from iip.alarms.schemas import AlarmOut, AlarmSort, HistoryOut
 from iip.alarms.service import (
+    MAX_DOCUMENT_BYTES,
     AlarmService,
     alarm_view,
     check_expressions,
@@ -50,6 +51,7 @@ from iip.alarms.service import (
     validation_messages,
 )
 from iip.api.deps import DbSession, audit_object, get_runtime
+from iip.console.forms import FormState, clean_filter, format_number, page_number, url_with
 from iip.console.web import (
     N_,
     ConsoleIdentity,
@@ -66,6 +68,7 @@ from iip.console.web import (
 )
 from iip.devices.public import device_placements
 from iip.kernel.bus import BusError
+from iip.kernel.documents import read_document
 from iip.kernel.errors import Conflict, DomainError, Invalid, NotFound
 from iip.kernel.module import Page
 from iip.kernel.runtime import Runtime
@@ -93,7 +96,6 @@ PAGES = (
 ALARM_PAGE_SIZE = 50
 HISTORY_PAGE_SIZE = 100
 ALARM_HISTORY_PAGE_SIZE = 100
-FILTER_LENGTH = 200
 GROUP_SCAN = 5000  # alarms read to count them per device
 GROUP_DEVICES = 10  # devices named per group
 MAX_RULE_DOCUMENT = 100_000  # characters of one rule's document
@@ -219,40 +221,8 @@ CSRF = [Depends(csrf_protect)]
 FormText = Annotated[str, Form()]
 NextPath = Annotated[str, Form(alias="next")]
 
-Errors = dict[str, Message]
-
 
 # --- what the pages share ---------------------------------------------------------------------
-
-
-@dataclass
-class FormState:
-    """What a form was filled in with and what is wrong with it, for showing it again."""
-
-    values: dict[str, str] = field(default_factory=dict)
-    errors: Errors = field(default_factory=dict)
-
-    def error(self, name: str, msgid: str, **params: object) -> None:
-        self.errors.setdefault(name, message(msgid, **params))
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def clean_filter(value: str, limit: int = FILTER_LENGTH) -> str:
-    """A query-string filter as the service takes it: trimmed, bounded, without control characters."""
-    value = value.strip()[:limit]
-    return "" if any(ord(c) < 32 for c in value) else value
-
-
-def page_number(value: str) -> int:
-    return int(value) if value.isdigit() and 0 < int(value) <= 1_000_000 else 1
-
-
-def url_with(path: str, query: Mapping[str, str | int]) -> str:
-    kept = {k: str(v) for k, v in query.items() if v not in ("", None)}
-    return path + ("?" + urlencode(kept) if kept else "")
 
 
 def alarm_url(alarm_id: str) -> str:
@@ -263,16 +233,6 @@ def rule_url(rule: Rule, identity: ConsoleIdentity) -> str:
     # A key names a rule within the viewer's tenant; platform operators reach the others by id.
     ref = rule.key if rule.tenant_id == identity.principal.tenant_id else rule.id
     return f"{RULES_PATH}/{quote(ref, safe='')}"
-
-
-def format_number(value: float | None) -> str:
-    """Six significant digits without exponent noise for everyday magnitudes."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    rounded = float(f"{value:.6g}")
-    if rounded.is_integer() and abs(rounded) < 1e15:
-        return str(int(rounded))
-    return repr(rounded)
 
 
 def format_time(value: dt.datetime | None) -> str:
@@ -775,19 +735,7 @@ def rules_page(
 
 def decode_document(text: str, document_format: str) -> Any:
     """The YAML or JSON text of a rule, decoded; raises `Invalid` saying where it is broken."""
-    kind = document_format or ("json" if text.lstrip()[:1] in {"{", "["} else "yaml")
-    if kind == "json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise Invalid(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise Invalid(f"not valid YAML: {problem}{where}") from None
+    return read_document(text, document_format or None, max_bytes=MAX_DOCUMENT_BYTES)
 
 
 def read_rule(text: str, document_format: str) -> tuple[RuleSpec | None, list[str]]:
@@ -1304,30 +1252,50 @@ def _act(
     return _alarm_page(request, session, identity, alarm_id, form=form, outcome=outcome, status=status)
 
 
-@pages_router.post(ALARMS_PATH + "/{alarm_id}/acknowledge", dependencies=CSRF)
-def acknowledge(
-    request: Request,
-    background: BackgroundTasks,
-    alarm_id: str,
-    *,
-    identity: Operator,
-    session: DbSession,
-    comment: FormText = "",
-    next_path: NextPath = "",
-) -> Response:
-    form = FormState()
-    text = read_comment(comment, form)
-    return _act(
-        request,
-        background,
-        session,
-        identity,
-        alarm_id,
-        lambda service: service.acknowledge(alarm_id, text),
-        form=form,
-        notice=N_("The alarm was acknowledged."),
-        next_path=next_path,
+NOTICES = {
+    "acknowledge": N_("The alarm was acknowledged."),
+    "unshelve": N_("The alarm was unshelved."),
+    "reset": N_("The alarm was reset."),
+    "remove_from_service": N_("The alarm was taken out of service."),
+    "return_to_service": N_("The alarm was returned to service."),
+}
+
+
+def _commented_action_page(action: CommentedAction) -> None:
+    def act(
+        request: Request,
+        background: BackgroundTasks,
+        alarm_id: str,
+        session: DbSession,
+        comment: FormText = "",
+        next_path: NextPath = "",
+        identity: ConsoleIdentity = Depends(console_permission(action.permission)),
+    ) -> Response:
+        form = FormState()
+        text = read_comment(comment, form)
+        return _act(
+            request,
+            background,
+            session,
+            identity,
+            alarm_id,
+            lambda service: action.run(service, alarm_id, text),
+            form=form,
+            notice=NOTICES[action.name],
+            next_path=next_path,
+        )
+
+    pages_router.add_api_route(
+        f"{ALARMS_PATH}/{{alarm_id}}/{action.segment}",
+        act,
+        methods=["POST"],
+        name=action.name,
+        dependencies=CSRF,
     )
+
+
+for _action in COMMENTED_ACTIONS:
+    _commented_action_page(_action)
 
 
 @pages_router.post(ALARMS_PATH + "/{alarm_id}/shelve", dependencies=CSRF)
@@ -1356,130 +1324,6 @@ def shelve(
         lambda service: service.shelve(alarm_id, dt.timedelta(minutes=duration), reason.strip()),
         form=form,
         notice=N_("The alarm was shelved."),
-        next_path=next_path,
-    )
-
-
-def _with_comment(
-    request: Request,
-    background: BackgroundTasks,
-    session: Session,
-    identity: ConsoleIdentity,
-    alarm_id: str,
-    action: Callable[[AlarmService, str], Alarm],
-    *,
-    comment: str,
-    notice: str,
-    next_path: str,
-) -> Response:
-    """An action that takes an optional comment (unshelve, reset, out of and back into service)."""
-    form = FormState()
-    text = read_comment(comment, form)
-    return _act(
-        request,
-        background,
-        session,
-        identity,
-        alarm_id,
-        lambda service: action(service, text),
-        form=form,
-        notice=notice,
-        next_path=next_path,
-    )
-
-
-@pages_router.post(ALARMS_PATH + "/{alarm_id}/unshelve", dependencies=CSRF)
-def unshelve(
-    request: Request,
-    background: BackgroundTasks,
-    alarm_id: str,
-    *,
-    identity: Operator,
-    session: DbSession,
-    comment: FormText = "",
-    next_path: NextPath = "",
-) -> Response:
-    return _with_comment(
-        request,
-        background,
-        session,
-        identity,
-        alarm_id,
-        lambda service, text: service.unshelve(alarm_id, text),
-        comment=comment,
-        notice=N_("The alarm was unshelved."),
-        next_path=next_path,
-    )
-
-
-@pages_router.post(ALARMS_PATH + "/{alarm_id}/reset", dependencies=CSRF)
-def reset(
-    request: Request,
-    background: BackgroundTasks,
-    alarm_id: str,
-    *,
-    identity: Operator,
-    session: DbSession,
-    comment: FormText = "",
-    next_path: NextPath = "",
-) -> Response:
-    return _with_comment(
-        request,
-        background,
-        session,
-        identity,
-        alarm_id,
-        lambda service, text: service.reset(alarm_id, text),
-        comment=comment,
-        notice=N_("The alarm was reset."),
-        next_path=next_path,
-    )
-
-
-@pages_router.post(ALARMS_PATH + "/{alarm_id}/out-of-service", dependencies=CSRF)
-def remove_from_service(
-    request: Request,
-    background: BackgroundTasks,
-    alarm_id: str,
-    *,
-    identity: Writer,
-    session: DbSession,
-    comment: FormText = "",
-    next_path: NextPath = "",
-) -> Response:
-    return _with_comment(
-        request,
-        background,
-        session,
-        identity,
-        alarm_id,
-        lambda service, text: service.remove_from_service(alarm_id, text),
-        comment=comment,
-        notice=N_("The alarm was taken out of service."),
-        next_path=next_path,
-    )
-
-
-@pages_router.post(ALARMS_PATH + "/{alarm_id}/return-to-service", dependencies=CSRF)
-def return_to_service(
-    request: Request,
-    background: BackgroundTasks,
-    alarm_id: str,
-    *,
-    identity: Writer,
-    session: DbSession,
-    comment: FormText = "",
-    next_path: NextPath = "",
-) -> Response:
-    return _with_comment(
-        request,
-        background,
-        session,
-        identity,
-        alarm_id,
-        lambda service, text: service.return_to_service(alarm_id, text),
-        comment=comment,
-        notice=N_("The alarm was returned to service."),
         next_path=next_path,
     )
 

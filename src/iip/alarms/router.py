@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
+from iip.alarms.actions import COMMENTED_ACTIONS, CommentedAction
 from iip.alarms.public import AlarmChange, AlarmState, Priority
 from iip.alarms.repository import AlarmFilter
 from iip.alarms.rules import RuleKind, RuleSpec
@@ -266,20 +267,33 @@ def _acted(request: Request, background: BackgroundTasks, service: AlarmService,
 ACTION_ANSWERS = problem_responses(404, 409)
 
 
-@router.post("/api/alarms/{alarm_id}/acknowledge", response_model=AlarmOut, responses=ACTION_ANSWERS)
-def acknowledge(
-    alarm_id: AlarmRef,
-    request: Request,
-    background: BackgroundTasks,
-    actor: Operator,
-    session: DbSession,
-    body: ActionBody | None = None,
-) -> AlarmOut:
-    """Acknowledge an alarm (409 when there is nothing to acknowledge)."""
-    service = _service(request, session, actor)
-    row = service.acknowledge(alarm_id, (body or ActionBody()).comment)
-    _acted(request, background, service, row.id)
-    return alarm_view(row)
+def _commented_action_route(action: CommentedAction) -> None:
+    def act(
+        alarm_id: AlarmRef,
+        request: Request,
+        background: BackgroundTasks,
+        session: DbSession,
+        body: ActionBody | None = None,
+        actor: Principal = Depends(require(action.permission)),
+    ) -> AlarmOut:
+        service = _service(request, session, actor)
+        row = action.run(service, alarm_id, (body or ActionBody()).comment)
+        _acted(request, background, service, row.id)
+        return alarm_view(row)
+
+    router.add_api_route(
+        f"/api/alarms/{{alarm_id}}/{action.segment}",
+        act,
+        methods=["POST"],
+        name=action.name,
+        description=action.summary,
+        response_model=AlarmOut,
+        responses=ACTION_ANSWERS,
+    )
+
+
+for _action in COMMENTED_ACTIONS:
+    _commented_action_route(_action)
 
 
 @router.post("/api/alarms/{alarm_id}/shelve", response_model=AlarmOut, responses=ACTION_ANSWERS)
@@ -298,21 +312,6 @@ def shelve(
     return alarm_view(row)
 
 
-@router.post("/api/alarms/{alarm_id}/unshelve", response_model=AlarmOut, responses=ACTION_ANSWERS)
-def unshelve(
-    alarm_id: AlarmRef,
-    request: Request,
-    background: BackgroundTasks,
-    actor: Operator,
-    session: DbSession,
-    body: ActionBody | None = None,
-) -> AlarmOut:
-    service = _service(request, session, actor)
-    row = service.unshelve(alarm_id, (body or ActionBody()).comment)
-    _acted(request, background, service, row.id)
-    return alarm_view(row)
-
-
 @router.post("/api/alarms/{alarm_id}/comments", response_model=AlarmDetail, responses=ACTION_ANSWERS)
 def comment(
     alarm_id: AlarmRef,
@@ -327,53 +326,6 @@ def comment(
     row = service.comment(alarm_id, body.text)
     _acted(request, background, service, row.id)
     return service.describe_alarm(row)
-
-
-@router.post("/api/alarms/{alarm_id}/reset", response_model=AlarmOut, responses=ACTION_ANSWERS)
-def reset(
-    alarm_id: AlarmRef,
-    request: Request,
-    background: BackgroundTasks,
-    actor: Operator,
-    session: DbSession,
-    body: ActionBody | None = None,
-) -> AlarmOut:
-    """Reset a latched alarm that has returned to normal and been acknowledged."""
-    service = _service(request, session, actor)
-    row = service.reset(alarm_id, (body or ActionBody()).comment)
-    _acted(request, background, service, row.id)
-    return alarm_view(row)
-
-
-@router.post("/api/alarms/{alarm_id}/out-of-service", response_model=AlarmOut, responses=ACTION_ANSWERS)
-def remove_from_service(
-    alarm_id: AlarmRef,
-    request: Request,
-    background: BackgroundTasks,
-    actor: Writer,
-    session: DbSession,
-    body: ActionBody | None = None,
-) -> AlarmOut:
-    """Take an alarm out of service (maintenance): it keeps tracking its condition, unannounced."""
-    service = _service(request, session, actor)
-    row = service.remove_from_service(alarm_id, (body or ActionBody()).comment)
-    _acted(request, background, service, row.id)
-    return alarm_view(row)
-
-
-@router.post("/api/alarms/{alarm_id}/return-to-service", response_model=AlarmOut, responses=ACTION_ANSWERS)
-def return_to_service(
-    alarm_id: AlarmRef,
-    request: Request,
-    background: BackgroundTasks,
-    actor: Writer,
-    session: DbSession,
-    body: ActionBody | None = None,
-) -> AlarmOut:
-    service = _service(request, session, actor)
-    row = service.return_to_service(alarm_id, (body or ActionBody()).comment)
-    _acted(request, background, service, row.id)
-    return alarm_view(row)
 
 
 # --- rules

@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from iip.api.deps import DbSession, audit_object, get_runtime
+from iip.console.forms import FormState, clean_filter, format_number, page_number, render_form_page, url_with
 from iip.console.web import (
     N_,
     ConsoleIdentity,
@@ -42,7 +43,8 @@ from iip.devices.models import Device
 from iip.devices.profiles import DataType, DeviceProfile, MetricSpec, Protocol
 from iip.devices.registry_directory import registry_services
 from iip.devices.schemas import DeadLetterOut, ImportReport
-from iip.devices.service import MAX_DOCUMENT_BYTES, DeviceRegistry, parse_document, render_document, stored_profile
+from iip.devices.service import MAX_DOCUMENT_BYTES, DeviceRegistry, parse_document, stored_profile
+from iip.kernel.documents import render_document
 from iip.kernel.errors import Conflict, DomainError, Invalid, Unavailable
 from iip.kernel.module import Page
 from iip.telemetry.public import Quality, latest_points
@@ -63,7 +65,6 @@ PAGES = (
 
 DEVICE_PAGE_SIZE = 50
 DEAD_LETTER_PAGE_SIZE = 50
-FILTER_LENGTH = 200
 HISTORY_MS = 3_600_000  # the charts show the last hour
 SOURCES = ("mqtt", "sparkplug", "http", "modbus", "opcua", "edge")
 ONLINE, OFFLINE, NEVER_SEEN = "online", "offline", "never"
@@ -89,49 +90,8 @@ Writer = Annotated[ConsoleIdentity, Depends(console_permission("devices.write"))
 CSRF = [Depends(csrf_protect)]
 FormText = Annotated[str, Form()]
 
-Errors = dict[str, Message]
-
 
 # --- helpers the pages share ------------------------------------------------------------------
-
-
-@dataclass
-class FormState:
-    """What a form was filled in with and what is wrong with it, for showing it again."""
-
-    values: dict[str, str] = field(default_factory=dict)
-    errors: Errors = field(default_factory=dict)
-
-    def error(self, name: str, msgid: str, **params: object) -> None:
-        self.errors.setdefault(name, message(msgid, **params))
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def render_form_page(
-    request: Request, template: str, context: Mapping[str, Any], form: FormState | None = None
-) -> HTMLResponse:
-    """A page holding a form: 422 while the submitted form has errors, as the API answers invalid input."""
-    state = form or FormState()
-    values = {**context, "form": state.values, "errors": state.errors}
-    return render(request, template, values, status_code=200 if state.ok else 422)
-
-
-def clean_filter(value: str, limit: int = FILTER_LENGTH) -> str:
-    """A query-string filter as the registry takes it: trimmed, bounded, without control characters."""
-    value = value.strip()[:limit]
-    return "" if any(ord(c) < 32 for c in value) else value
-
-
-def page_number(value: str) -> int:
-    return int(value) if value.isdigit() and 0 < int(value) <= 1_000_000 else 1
-
-
-def url_with(path: str, query: Mapping[str, str | int]) -> str:
-    kept = {k: str(v) for k, v in query.items() if v not in ("", None)}
-    return path + ("?" + urlencode(kept) if kept else "")
 
 
 def device_url(device: Device, identity: ConsoleIdentity) -> str:
@@ -142,16 +102,6 @@ def device_url(device: Device, identity: ConsoleIdentity) -> str:
 
 def profile_url(name: str) -> str:
     return f"{PROFILES_PATH}/{quote(name, safe='')}"
-
-
-def format_number(value: float | None) -> str:
-    """Six significant digits without exponent noise for everyday magnitudes (devices.js does the same)."""
-    if value is None or not math.isfinite(value):
-        return "—"
-    rounded = float(f"{value:.6g}")
-    if rounded.is_integer() and abs(rounded) < 1e15:
-        return str(int(rounded))
-    return repr(rounded)
 
 
 def format_ms(ts_ms: int | None) -> str:

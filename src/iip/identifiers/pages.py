@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from iip.api.deps import DbSession, audit_object
+from iip.console.forms import page_number, url_with
 from iip.console.web import (
     N_,
     ConsoleIdentity,
@@ -97,15 +98,11 @@ class SearchRow:
     link: str
 
 
+LAST_SEARCH_PAGE = 100_000
+
+
 def _search_url(filters: dict[str, str], page: int) -> str:
-    query = {k: v for k, v in filters.items() if v}
-    if page > 1:
-        query["page"] = str(page)
-    return SEARCH_PATH + ("?" + urlencode(query) if query else "")
-
-
-def _page_number(value: str) -> int:
-    return int(value) if value.isdigit() and 0 < int(value) <= 100_000 else 1
+    return url_with(SEARCH_PATH, {**filters, "page": page if page > 1 else ""})
 
 
 @pages_router.get(SEARCH_PATH, response_class=HTMLResponse)
@@ -126,7 +123,8 @@ def search_page(
     filters = {"q": q, "prefix": prefix, "template": template, "attr_name": attr_name, "attr_value": attr_value}
     errors: Errors = {}
     attributes = {attr_name: attr_value.strip()} if attr_name else {}
-    query = catalog.SearchQuery(q, prefix or None, template or None, attributes, _page_number(page), PAGE_SIZE)
+    number = page_number(page, last=LAST_SEARCH_PAGE)
+    query = catalog.SearchQuery(q, prefix or None, template or None, attributes, number, PAGE_SIZE)
     try:
         found = catalog.search(session, query, identity.principal)
     except Invalid:
