@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -46,11 +46,11 @@ from iip.alarms.service import (
     history_view,
     parse_rules_document,
     publish_changes,
-    render_rules,
     rule_view,
     version_view,
 )
 from iip.api.deps import DbSession, audit_object, get_runtime, require
+from iip.api.documents import DocumentFormat, Filter, TenantParam, declared_format, document_response
 from iip.api.problems import problem_responses
 from iip.kernel.auth import Principal
 from iip.kernel.bus import BusError
@@ -67,14 +67,8 @@ Writer = Annotated[Principal, Depends(require("alarms.write"))]
 
 AlarmRef = Annotated[str, Path(max_length=32, description="the alarm's id")]
 RuleRef = Annotated[str, Path(max_length=100, description="the rule's id, or its key in your tenant")]
-TenantParam = Annotated[
-    str | None,
-    Query(max_length=32, pattern=NO_NUL, description="Platform operators: the tenant to act in (default: yours)."),
-]
-Filter = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
-YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 RULES_BODY: dict[str, Any] = {
     "description": "A list of alarm rules (or a mapping with a `rules` list), as YAML or JSON.",
     "required": True,
@@ -394,8 +388,7 @@ def import_rules(
 
     Rules are matched by key; a rule the same as the stored one is left alone.
     """
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    document_format = "json" if media_type == "application/json" else "yaml" if media_type in YAML_TYPES else None
+    document_format = declared_format(request)
     audit_object(request, "alarm_rules", tenant_id or actor.tenant_id)
     items = parse_rules_document(body, document_format)
     return _service(request, session, actor).import_rules(items, tenant_id=tenant_id)
@@ -406,14 +399,12 @@ def export_rules(
     request: Request,
     actor: Reader,
     session: DbSession,
-    document_format: Annotated[Literal["json", "yaml"], Query(alias="format")] = "json",
+    document_format: DocumentFormat = "json",
     tenant_id: TenantParam = None,
 ) -> Response:
     """Your tenant's rules as a document `import` takes back."""
     rules = _service(request, session, actor).export_rules(tenant_id=tenant_id)
-    if document_format == "yaml":
-        return Response(render_rules(rules, "yaml"), media_type="application/yaml")
-    return JSONResponse(rules)
+    return document_response(rules, document_format)
 
 
 @router.get("/api/alarm-rules/{rule}", response_model=RuleOut, responses=problem_responses(404))

@@ -63,7 +63,7 @@ from iip.kernel import audit
 from iip.kernel.auth import AccessService, Principal, Role, new_id
 from iip.kernel.bus import Bus
 from iip.kernel.db import utcnow
-from iip.kernel.documents import read_document, render_document
+from iip.kernel.documents import read_document
 from iip.kernel.documents import validation_messages as document_messages
 from iip.kernel.errors import Conflict, Invalid, NotFound
 from iip.kernel.settings import AlarmsSettings
@@ -287,10 +287,6 @@ def parse_rules_document(data: bytes | str, document_format: str | None = None) 
     if not isinstance(document, list):
         raise Invalid("a rule document is a list of rules (or a mapping with a 'rules' list)", code="invalid_document")
     return document
-
-
-def render_rules(rules: Sequence[Mapping[str, Any]], document_format: str = "yaml") -> str:
-    return render_document(list(rules), document_format)
 
 
 def check_expressions(spec: RuleSpec) -> list[str]:

@@ -6,14 +6,14 @@ name (profiles) or key (devices, gateways).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
 from iip.api.deps import DbSession, audit_object, get_runtime, require
+from iip.api.documents import DocumentFormat, Filter, TenantParam, declared_format, document_response
 from iip.api.problems import problem_responses
 from iip.devices.command_router import router as command_router
 from iip.devices.ingest_router import read_body
@@ -45,7 +45,6 @@ from iip.devices.service import (
     parse_document,
 )
 from iip.kernel.auth import Principal
-from iip.kernel.documents import render_document
 
 router = APIRouter(tags=["devices"], responses=problem_responses(401, 403, 422))
 router.include_router(ingest_router)
@@ -58,14 +57,8 @@ Admin = Annotated[Principal, Depends(require("devices.admin"))]
 ProfileRef = Annotated[str, Path(max_length=128, description="the profile's id, or its name in your tenant")]
 GatewayRef = Annotated[str, Path(max_length=128, description="the gateway's id, or its key in your tenant")]
 DeviceRef = Annotated[str, Path(max_length=128, description="the device's id, or its key in your tenant")]
-TenantParam = Annotated[
-    str | None,
-    Query(max_length=32, pattern=NO_NUL, description="Platform operators: the tenant to act in (default: yours)."),
-]
-Filter = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 Text = Annotated[str | None, Query(max_length=200, pattern=NO_NUL, description="part of the key, name or site")]
 
-YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 DOCUMENT_BODY: dict[str, Any] = {
     "description": "A registry document: `profiles`, `gateways` and `devices` lists, as YAML or JSON.",
     "required": True,
@@ -305,14 +298,12 @@ def export_devices(
     request: Request,
     actor: Reader,
     session: DbSession,
-    document_format: Annotated[Literal["json", "yaml"], Query(alias="format")] = "json",
+    document_format: DocumentFormat = "json",
     tenant_id: TenantParam = None,
 ) -> Response:
     """The registry document of a tenant: what `import` takes back (tokens are never exported)."""
     document = _registry(request, session, actor).export_document(tenant_id=tenant_id)
-    if document_format == "yaml":
-        return Response(render_document(document, "yaml"), media_type="application/yaml")
-    return JSONResponse(document)
+    return document_response(document, document_format)
 
 
 async def document_body(request: Request) -> bytes:
@@ -336,8 +327,7 @@ def import_devices(
 
     Items are matched by name or key, so importing the same document again changes nothing.
     """
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    document_format = "json" if media_type == "application/json" else "yaml" if media_type in YAML_TYPES else None
+    document_format = declared_format(request)
     audit_object(request, "device_registry", tenant_id or actor.tenant_id)
     document = parse_document(body, document_format)
     return _registry(request, session, actor).import_document(document, tenant_id=tenant_id)
