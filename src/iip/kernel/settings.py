@@ -209,7 +209,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     secret_key: SecretStr | None = Field(
-        default=None, description="Key for signing sessions and tokens; generated into the data dir in dev mode."
+        default=None,
+        description="Key for signing sessions and tokens and for sealing stored secrets (changing it makes "
+        "sealed secrets unreadable until rotated); generated into the data dir in dev mode.",
     )
     bus: str = Field(default="memory", description="Event bus: `memory` or a `nats://host:port` URL (JetStream).")
     log_level: str = Field(default="INFO", description="Logging level.")

@@ -20,11 +20,13 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from iip.alarms.notify import webhook
 from iip.alarms.notify.dispatcher import NotificationDispatcher
+from iip.alarms.notify.service import channel_sealer
 from iip.alarms.public import AlarmChange, AlarmState, Priority
 from iip.kernel.auth import Principal, Role
 from iip.kernel.bus import MemoryBus
 from iip.kernel.db import Database
-from iip.kernel.settings import AlarmNotificationSettings, SmtpSecurity
+from iip.kernel.sealing import Sealer
+from iip.kernel.settings import AlarmNotificationSettings, Settings, SmtpSecurity
 from tests.conftest import TenantFixture
 
 START = dt.datetime(2030, 3, 1, 8, 0, 30, tzinfo=dt.UTC)
@@ -209,8 +211,16 @@ def notification_settings(smtp: SmtpServer | None = None, **overrides: Any) -> A
     return AlarmNotificationSettings(**values)
 
 
-def make_dispatcher(db: Database, clock: Clock, settings: AlarmNotificationSettings) -> NotificationDispatcher:
-    return NotificationDispatcher(db, MemoryBus(), settings, clock=clock, periodic=False)
+@pytest.fixture
+def sealer(settings: Settings) -> Sealer:
+    """The webhook secret sealer of the test's settings (a secret key generated into its data dir)."""
+    return channel_sealer(settings)
+
+
+def make_dispatcher(
+    db: Database, clock: Clock, settings: AlarmNotificationSettings, sealer: Sealer
+) -> NotificationDispatcher:
+    return NotificationDispatcher(db, MemoryBus(), settings, sealer=sealer, clock=clock, periodic=False)
 
 
 def admin_of(tenant: TenantFixture) -> Principal:

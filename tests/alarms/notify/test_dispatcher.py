@@ -20,12 +20,13 @@ from iip.alarms.models import Alarm
 from iip.alarms.notify.dispatcher import SERVICE_KEY, NotificationDispatcher, notifications_lifespan
 from iip.alarms.notify.models import Delivery, Escalation
 from iip.alarms.notify.schemas import ChannelCreate, ContactCreate, RouteSpec
-from iip.alarms.notify.service import NotificationAdmin
+from iip.alarms.notify.service import NotificationAdmin, channel_sealer
 from iip.alarms.public import ALARM_CHANGES, AlarmChange, AlarmState, Priority
 from iip.kernel import audit
 from iip.kernel.bus import MemoryBus
 from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
+from iip.kernel.sealing import Sealer
 from iip.kernel.settings import AlarmNotificationSettings
 from tests.alarms.notify.conftest import (
     Clock,
@@ -49,20 +50,23 @@ CONTACTS = [
 class Plant:
     """A tenant's notification set-up, and the dispatcher under test."""
 
-    def __init__(self, db: Database, tenant: TenantFixture, clock: Clock, settings: AlarmNotificationSettings) -> None:
+    def __init__(
+        self, db: Database, tenant: TenantFixture, clock: Clock, settings: AlarmNotificationSettings, sealer: Sealer
+    ) -> None:
         self.db = db
         self.tenant = tenant
         self.clock = clock
         self.settings = settings
+        self.sealer = sealer
         self.secrets: dict[str, str] = {}
-        self.dispatcher = make_dispatcher(db, clock, settings)
+        self.dispatcher = make_dispatcher(db, clock, settings, sealer)
 
     def admin(self, work: Callable[[NotificationAdmin], Any]) -> Any:
         with self.db.session() as session:
             return work(NotificationAdmin(session, admin_of(self.tenant)))
 
     def channel(self, **spec: Any) -> None:
-        created = self.admin(lambda a: a.create_channel(CHANNEL.validate_python(spec)))
+        created = self.admin(lambda a: a.create_channel(CHANNEL.validate_python(spec), self.sealer))
         if created.secret:
             self.secrets[created.name] = created.secret
 
@@ -89,8 +93,10 @@ class Plant:
 
 
 @pytest.fixture
-def plant(migrated_db: Database, tenant_a: TenantFixture, clock: Clock, smtp_server: SmtpServer) -> Plant:
-    return Plant(migrated_db, tenant_a, clock, notification_settings(smtp_server))
+def plant(
+    migrated_db: Database, tenant_a: TenantFixture, clock: Clock, smtp_server: SmtpServer, sealer: Sealer
+) -> Plant:
+    return Plant(migrated_db, tenant_a, clock, notification_settings(smtp_server), sealer)
 
 
 def bodies(receiver: HookReceiver) -> list[dict[str, Any]]:
@@ -155,7 +161,9 @@ async def test_a_change_the_bus_delivers_again_is_sent_once_per_channel(
     plant.route(name="all", channels=["scada", "room"])
     change = plant.change()
     bus = MemoryBus()
-    dispatcher = NotificationDispatcher(plant.db, bus, plant.settings, clock=plant.clock, periodic=False)
+    dispatcher = NotificationDispatcher(
+        plant.db, bus, plant.settings, sealer=plant.sealer, clock=plant.clock, periodic=False
+    )
     await dispatcher.start()
     try:
         # No message id, so the bus itself does not deduplicate: the same change arrives twice.
@@ -268,9 +276,9 @@ async def test_a_failing_receiver_is_retried_with_backoff_until_it_answers(
 
 
 async def test_retries_back_off_and_stop_after_max_attempts(
-    migrated_db: Database, tenant_a: TenantFixture, clock: Clock, hook_receiver: HookReceiver
+    migrated_db: Database, tenant_a: TenantFixture, clock: Clock, hook_receiver: HookReceiver, sealer: Sealer
 ) -> None:
-    plant = Plant(migrated_db, tenant_a, clock, notification_settings(max_attempts=3, retry_base_s=5))
+    plant = Plant(migrated_db, tenant_a, clock, notification_settings(max_attempts=3, retry_base_s=5), sealer)
     plant.channel(kind="webhook", name="scada", url=hook_receiver.url)
     plant.route(name="all", channels=["scada"])
     hook_receiver.statuses.extend([503, 503, 503, 503])
@@ -306,7 +314,7 @@ async def test_a_delivery_held_by_one_sender_is_not_sent_by_another(plant: Plant
     plant.channel(kind="webhook", name="scada", url=hook_receiver.url)
     plant.route(name="all", channels=["scada"])
     [delivery_id] = await asyncio.to_thread(plant.dispatcher.record, plant.change())
-    other = make_dispatcher(plant.db, plant.clock, plant.settings)
+    other = make_dispatcher(plant.db, plant.clock, plant.settings, plant.sealer)
     statuses = await asyncio.gather(plant.dispatcher.deliver(delivery_id), other.deliver(delivery_id))
     assert sorted(statuses, key=str) == [None, "sent"]
     assert len(hook_receiver.received) == 1
@@ -410,7 +418,7 @@ async def test_pending_escalations_survive_a_restart(
     del plant.dispatcher  # the process goes away; the next one finds the escalation stored
 
     plant.clock.advance(minutes=11)
-    restarted = make_dispatcher(plant.db, plant.clock, plant.settings)
+    restarted = make_dispatcher(plant.db, plant.clock, plant.settings, plant.sealer)
     assert (await restarted.check()).escalations_fired == 1
     assert [m.recipients for m in smtp_server.messages] == [["sun@example.com"]]
 
@@ -449,7 +457,8 @@ async def test_an_escalation_whose_alarm_is_stored_acknowledged_is_cancelled_whe
 async def test_the_lifespan_consumes_alarm_changes_from_the_bus_until_it_ends(
     runtime: Runtime, tenant_a: TenantFixture, hook_receiver: HookReceiver
 ) -> None:
-    plant = Plant(runtime.db, tenant_a, Clock(), runtime.settings.alarms.notifications)
+    sealer = channel_sealer(runtime.settings)
+    plant = Plant(runtime.db, tenant_a, Clock(), runtime.settings.alarms.notifications, sealer)
     plant.channel(kind="webhook", name="scada", url=hook_receiver.url)
     plant.route(name="all", channels=["scada"])
     await runtime.bus.start()

@@ -55,7 +55,7 @@ from iip.alarms.notify.routing import (
     waiting_for_acknowledgement,
 )
 from iip.alarms.notify.schemas import DeliveryOut
-from iip.alarms.notify.service import WRITE, NotificationAdmin
+from iip.alarms.notify.service import WRITE, NotificationAdmin, channel_sealer
 from iip.alarms.notify.webhook import DeliveryFailed
 from iip.alarms.public import ALARM_CHANGES, AlarmChange, AlarmState, Priority
 from iip.kernel import audit
@@ -65,6 +65,7 @@ from iip.kernel.bus import Delivery as BusDelivery
 from iip.kernel.db import Database, utcnow
 from iip.kernel.errors import Invalid
 from iip.kernel.runtime import Runtime
+from iip.kernel.sealing import Sealer, SealError, is_sealed
 from iip.kernel.settings import AlarmNotificationSettings
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Job:
     recipients: tuple[str, ...]
     channel: ChannelInfo
     url: str
-    secret: str
+    secret: str  # as stored: sealed, or plain from before sealing
 
 
 @dataclass
@@ -139,6 +140,7 @@ class NotificationDispatcher:
         bus: Bus,
         settings: AlarmNotificationSettings,
         *,
+        sealer: Sealer,
         clock: Clock = utcnow,
         durable: str = DURABLE,
         max_deliver: int = MAX_DELIVER,
@@ -148,6 +150,7 @@ class NotificationDispatcher:
         self.db = db
         self.bus = bus
         self.settings = settings
+        self.sealer = sealer
         self.clock = clock
         self.durable = durable
         self.max_deliver = max_deliver
@@ -362,6 +365,10 @@ class NotificationDispatcher:
             channel = session.get(Channel, row.channel_id) if row is not None else None
             if row is None or channel is None:
                 return None
+            if channel.secret and not is_sealed(channel.secret):
+                # Stored before secrets were sealed: sealed at first use, unless it was replaced meanwhile.
+                sealed = self.sealer.seal(channel.secret, bound_to=channel.id)
+                repo.replace_secret(channel.id, channel.secret, sealed)
             return Job(
                 id=row.id,
                 tenant_id=row.tenant_id,
@@ -407,10 +414,15 @@ class NotificationDispatcher:
         if not job.channel.enabled and job.kind != "test":
             raise DeliveryFailed(f"the channel '{job.channel.name}' is disabled", permanent=True)
         if job.channel.kind is ChannelKind.WEBHOOK:
+            try:
+                secret = self.sealer.open(job.secret, bound_to=job.channel.id)
+            except SealError as err:
+                # Trying again cannot help: a new secret (rotate it) or the former secret key can.
+                raise DeliveryFailed(f"the channel's signing secret cannot be used: {err}", permanent=True) from err
             body = webhook.encode_body(self.webhook_body(job))
             timestamp = int(self.clock().timestamp())
             await webhook.post(
-                job.url, job.secret, job.id, body, timestamp=timestamp, timeout_s=self.settings.webhook_timeout_s
+                job.url, secret, job.id, body, timestamp=timestamp, timeout_s=self.settings.webhook_timeout_s
             )
             return ""
         subject, text = self.email_text(job)
@@ -647,7 +659,9 @@ class NotificationDispatcher:
 @asynccontextmanager
 async def notifications_lifespan(runtime: Runtime) -> AsyncIterator[None]:
     """Start the dispatcher (`runtime.services["alarms.notifications"]`): the bus consumer and the periodic check."""
-    dispatcher = NotificationDispatcher(runtime.db, runtime.bus, runtime.settings.alarms.notifications)
+    dispatcher = NotificationDispatcher(
+        runtime.db, runtime.bus, runtime.settings.alarms.notifications, sealer=channel_sealer(runtime.settings)
+    )
     runtime.services[SERVICE_KEY] = dispatcher
     await dispatcher.start()
     try:

@@ -25,6 +25,8 @@ URL_LENGTH = 2000
 EMAIL_LENGTH = 254  # RFC 5321 path limit
 ROLE_LENGTH = 100
 SITE_LENGTH = 200  # devices' site
+SECRET_LENGTH = 200  # a webhook signing secret as issued or given
+SEALED_SECRET_LENGTH = 400  # stored sealed: a secret of SECRET_LENGTH takes 314
 
 
 class Channel(Base):
@@ -39,8 +41,9 @@ class Channel(Base):
     kind: Mapped[str] = mapped_column(String(10))  # webhook, email
     enabled: Mapped[bool] = mapped_column(default=True)
     url: Mapped[str] = mapped_column(String(URL_LENGTH), default="")
-    # Kept as is: signing needs the secret itself, unlike a token that is only compared.
-    secret: Mapped[str] = mapped_column(String(200), default="")
+    # Sealed (iip.kernel.sealing), not hashed: signing needs the secret itself. Empty for e-mail;
+    # a value stored before sealing is plain until the channel next sends or gets a new secret.
+    secret: Mapped[str] = mapped_column(String(SEALED_SECRET_LENGTH), default="")
     addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
     rate_limit: Mapped[int | None] = mapped_column(Integer, default=None)  # None: the setting
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -211,6 +211,17 @@ class NotifyRepository:
         result = self.session.execute(statement)
         return isinstance(result, CursorResult) and result.rowcount == 1
 
+    def replace_secret(self, channel_id: str, stored: str, replacement: str) -> bool:
+        """Store `replacement` as the channel's secret unless the secret changed since it was read as `stored`."""
+        statement = (
+            update(Channel)
+            .where(Channel.id == channel_id, Channel.secret == stored)
+            .values(secret=replacement)
+            .execution_options(synchronize_session=False)
+        )
+        result = self.session.execute(statement)
+        return isinstance(result, CursorResult) and result.rowcount == 1
+
     def ended_windows(self, ended_by: dt.datetime) -> list[tuple[str, dt.datetime]]:
         """(channel id, window start) of held messages whose window started before `ended_by`."""
         query = (

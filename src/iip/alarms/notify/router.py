@@ -31,10 +31,11 @@ from iip.alarms.notify.schemas import (
     SampleAlarm,
     SecretIssued,
 )
-from iip.alarms.notify.service import READ, WRITE, NotificationAdmin, channel_view, contact_view
+from iip.alarms.notify.service import READ, WRITE, NotificationAdmin, channel_sealer, channel_view, contact_view
 from iip.api.deps import DbSession, audit_object, authenticate, get_runtime, require
 from iip.api.problems import problem_responses
 from iip.kernel.auth import Principal
+from iip.kernel.sealing import Sealer
 
 PREFIX = "/api/alarm-notifications"
 router = APIRouter(prefix=PREFIX, tags=["alarms"], responses=problem_responses(401, 403, 422))
@@ -70,13 +71,26 @@ def message_sender(request: Request) -> Principal:
 Sender = Annotated[Principal, Depends(message_sender)]
 
 
+def secret_sealer(request: Request) -> Sealer:
+    return channel_sealer(get_runtime(request).settings)
+
+
+SecretSealer = Annotated[Sealer, Depends(secret_sealer)]
+
+
 def _dispatcher(request: Request) -> NotificationDispatcher:
     runtime = get_runtime(request)
     running = runtime.services.get(SERVICE_KEY)
     if isinstance(running, NotificationDispatcher):
         return running
     # Not started in this process (an API-only replica): a test message needs no consumer.
-    return NotificationDispatcher(runtime.db, runtime.bus, runtime.settings.alarms.notifications, periodic=False)
+    return NotificationDispatcher(
+        runtime.db,
+        runtime.bus,
+        runtime.settings.alarms.notifications,
+        sealer=channel_sealer(runtime.settings),
+        periodic=False,
+    )
 
 
 # --- channels
@@ -92,10 +106,15 @@ def list_channels(actor: Reader, session: DbSession, kind: ChannelKind | None = 
     "/channels", response_model=ChannelCreated, status_code=status.HTTP_201_CREATED, responses=problem_responses(409)
 )
 def create_channel(
-    body: ChannelCreate, request: Request, actor: Writer, session: DbSession, tenant_id: TenantParam = None
+    body: ChannelCreate,
+    request: Request,
+    actor: Writer,
+    session: DbSession,
+    sealer: SecretSealer,
+    tenant_id: TenantParam = None,
 ) -> ChannelCreated:
     """Create a webhook or e-mail channel; a webhook's signing secret is answered this once."""
-    created = NotificationAdmin(session, actor).create_channel(body, tenant_id=tenant_id)
+    created = NotificationAdmin(session, actor).create_channel(body, sealer, tenant_id=tenant_id)
     audit_object(request, "alarm_notification_channel", created.id)
     return created
 
@@ -129,10 +148,12 @@ def delete_channel(channel: ChannelRef, request: Request, actor: Writer, session
 
 
 @router.post("/channels/{channel}/secret", response_model=SecretIssued, responses=problem_responses(404))
-def rotate_secret(channel: ChannelRef, request: Request, actor: Writer, session: DbSession) -> SecretIssued:
+def rotate_secret(
+    channel: ChannelRef, request: Request, actor: Writer, session: DbSession, sealer: SecretSealer
+) -> SecretIssued:
     """A new signing secret for a webhook (answered this once); the previous one stops signing at once."""
     audit_object(request, "alarm_notification_channel", channel)
-    issued = NotificationAdmin(session, actor).rotate_secret(channel)
+    issued = NotificationAdmin(session, actor).rotate_secret(channel, sealer)
     audit_object(request, "alarm_notification_channel", issued.id)
     return issued
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from iip.alarms.notify.email import check_address
+from iip.alarms.notify.models import SECRET_LENGTH
 from iip.alarms.notify.routing import DEFAULT_ACTIONS, NotifyAction
 from iip.alarms.notify.webhook import check_url
 from iip.alarms.public import Priority
@@ -25,7 +26,7 @@ OptionalRole = Annotated[str, StringConstraints(max_length=100, pattern=r"^(?:[a
 Site = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 Url = Annotated[str, StringConstraints(max_length=2000), AfterValidator(check_url)]
 Address = Annotated[str, StringConstraints(max_length=254), AfterValidator(check_address)]
-Secret = Annotated[str, StringConstraints(min_length=16, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+Secret = Annotated[str, StringConstraints(min_length=16, max_length=SECRET_LENGTH, pattern=r"^[\x21-\x7e]+$")]
 ChannelRef = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
 RateLimit = Annotated[int, Field(ge=0, le=100_000)]
 

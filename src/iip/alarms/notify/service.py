@@ -35,9 +35,18 @@ from iip.alarms.notify.schemas import (
 from iip.kernel.auth import AccessService, Principal, new_id
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, Invalid, NotFound
+from iip.kernel.sealing import Sealer
+from iip.kernel.settings import Settings
 
 READ = "alarms.read"
 WRITE = "alarms.write"
+# Part of every sealed channel secret's key: changing it makes the stored secrets unreadable.
+CHANNEL_SECRET_PURPOSE = "alarms.notify.channel-secret"  # noqa: S105 - a name, not a secret
+
+
+def channel_sealer(settings: Settings) -> Sealer:
+    """Seals and opens webhook signing secrets (`Channel.secret`, bound to the channel's id)."""
+    return Sealer.of(settings, CHANNEL_SECRET_PURPOSE)
 
 
 def new_secret() -> str:
@@ -130,7 +139,8 @@ class NotificationAdmin:
             raise NotFound(f"notification channel '{ref[:100]}' not found", code="channel_not_found")
         return row
 
-    def create_channel(self, spec: ChannelCreate, *, tenant_id: str | None = None) -> ChannelCreated:
+    def create_channel(self, spec: ChannelCreate, sealer: Sealer, *, tenant_id: str | None = None) -> ChannelCreated:
+        """Create a channel; a webhook's secret is stored sealed and answered this once."""
         self.actor.require(WRITE)
         tenant = self._tenant_for(tenant_id)
         if self.repo.channel(tenant, spec.name) is not None:
@@ -152,7 +162,7 @@ class NotificationAdmin:
         else:
             row.url = spec.url
             secret = spec.secret or new_secret()
-            row.secret = secret
+            row.secret = sealer.seal(secret, bound_to=row.id)
         self.session.add(row)
         self._flush(f"notification channel '{spec.name}'")
         return ChannelCreated(**channel_view(row).model_dump(), secret=secret)
@@ -182,15 +192,17 @@ class NotificationAdmin:
         self._flush(f"notification channel '{row.name}'")
         return row
 
-    def rotate_secret(self, ref: str) -> SecretIssued:
+    def rotate_secret(self, ref: str, sealer: Sealer) -> SecretIssued:
+        """A new signing secret, stored sealed and answered this once."""
         self.actor.require(WRITE)
         row = self.get_channel(ref)
         if row.kind != ChannelKind.WEBHOOK:
             raise Invalid("only a webhook channel has a signing secret", code="not_a_webhook")
-        row.secret = new_secret()
+        secret = new_secret()
+        row.secret = sealer.seal(secret, bound_to=row.id)
         row.updated_at = utcnow()
         self._flush(f"notification channel '{row.name}'")
-        return SecretIssued(id=row.id, name=row.name, secret=row.secret)
+        return SecretIssued(id=row.id, name=row.name, secret=secret)
 
     def delete_channel(self, ref: str) -> Channel:
         self.actor.require(WRITE)
