@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from iip.alarms.public import ALARM_CHANGES, AlarmChange
 from iip.alarms.rules import ConditionChange
 from iip.alarms.service import AlarmService, time_ms
 from iip.api.app import create_app
-from iip.kernel.auth import Role
+from iip.kernel.auth import ApiKey, Role
 from iip.kernel.bus import Delivery
 from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
@@ -280,7 +281,23 @@ def test_operator_actions_and_their_problems(api: Api, client: TestClient, tenan
         (6, "out_of_service"),
         (7, "return_to_service"),
     ]
+    # Who acted, by label and by id: the id tells apart keys that share a name.
+    keys = key_ids(api.runtime, tenant)
+    by, ids = [h["actor"] for h in history["items"]], [h["actor_id"] for h in history["items"]]
+    assert by == ["", *["apikey:operator"] * 4, "apikey:engineer", "apikey:engineer"]
+    assert ids == ["", *[keys["operator"]] * 4, keys["engineer"], keys["engineer"]]
+    comments = client.get(f"{ALARMS}/{alarm}", headers=operator).json()["comments"]
+    assert {(c["author"], c["author_id"]) for c in comments} == {
+        ("apikey:operator", keys["operator"]),
+        ("apikey:engineer", keys["engineer"]),
+    }
     problem(client.post(f"{ALARMS}/{uuid.uuid4().hex}/acknowledge", headers=operator), 404, "alarm_not_found")
+
+
+def key_ids(runtime: Runtime, tenant: TenantFixture) -> dict[str, str]:
+    with runtime.db.session() as session:
+        rows = session.execute(select(ApiKey.name, ApiKey.id).where(ApiKey.tenant_id == tenant.id)).all()
+    return {str(name): str(key_id) for name, key_id in rows}
 
 
 def test_latched_alarm_reset_over_http(api: Api, client: TestClient, tenant: TenantFixture) -> None:

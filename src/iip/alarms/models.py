@@ -145,6 +145,8 @@ class AlarmHistory(Base):
     value: Mapped[float | None] = mapped_column(Double, default=None)
     message: Mapped[str] = mapped_column(String(500), default="")
     actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH), default="")
+    # The label says who in words; the id tells apart two API keys of one name, and outlives a rename.
+    actor_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
     comment: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[dt.datetime] = mapped_column()
 
@@ -160,5 +162,6 @@ class AlarmComment(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("kernel_tenant.id", ondelete="CASCADE"), index=True)
     sequence: Mapped[int] = mapped_column(Integer)  # the history entry it was made with
     author: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    author_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column()

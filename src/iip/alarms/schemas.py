@@ -125,7 +125,8 @@ class HistoryOut(BaseModel):
     priority: Priority
     value: float | None
     message: str
-    actor: str
+    actor: str = Field(description="who acted, as the audit log names them (`user:alice`); empty for the platform")
+    actor_id: str = Field("", description="the id of that user or API key")
     comment: str
     at: dt.datetime
 
@@ -140,6 +141,7 @@ class HistoryPage(BaseModel):
 class CommentOut(BaseModel):
     sequence: int = Field(description="the history entry it was made with")
     author: str
+    author_id: str = Field("", description="the id of the user or API key that wrote it")
     text: str
     at: dt.datetime
 

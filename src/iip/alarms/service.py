@@ -233,6 +233,7 @@ def history_view(row: AlarmHistory) -> HistoryOut:
         value=row.value,
         message=row.message,
         actor=row.actor,
+        actor_id=row.actor_id,
         comment=row.comment,
         at=row.at,
     )
@@ -776,6 +777,7 @@ class AlarmService:
             "value": entry.value,
             "message": entry.message[:500],
             "actor": entry.actor[:200],
+            "actor_id": self.actor.id if entry.actor else "",
             "comment": entry.comment,
             "at": entry.at,
         }
@@ -791,6 +793,7 @@ class AlarmService:
                     tenant_id=alarm.tenant_id,
                     sequence=entry.sequence,
                     author=entry.actor[:200],
+                    author_id=self.actor.id,
                     text=entry.comment,
                     at=entry.at,
                 )
@@ -912,7 +915,8 @@ class AlarmService:
 
     def describe_alarm(self, row: Alarm) -> AlarmDetail:
         comments = [
-            CommentOut(sequence=c.sequence, author=c.author, text=c.text, at=c.at) for c in self.repo.comments(row.id)
+            CommentOut(sequence=c.sequence, author=c.author, author_id=c.author_id, text=c.text, at=c.at)
+            for c in self.repo.comments(row.id)
         ]
         return AlarmDetail(**alarm_view(row).model_dump(), comments=comments)
 
