@@ -136,6 +136,3 @@ def audit_verify(ctx: typer.Context) -> None:
         intact = f"{result.checked} entries intact before it"
         raise fail(f"audit log broken at entry {result.seq}: {result.problem} ({intact})")
     out_console.print(f"audit log intact: {result.checked} entries")
-
-
-COMMANDS = {"tenant": tenant_app, "user": user_app, "apikey": apikey_app, "audit": audit_app}

@@ -1,4 +1,4 @@
-"""`iip`: the root command. Module command groups are mounted from the registry."""
+"""`iip`: the root command. Context command groups are listed from the registry and imported when run."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
+from typer import _click as click  # typer bundles its own click; its groups take these types
+from typer.core import TyperGroup
+from typer.models import TyperInfo
 
 from iip import __version__
 from iip.cli.context import CliState, database_problem, err_console, fail, out_console, state
-from iip.kernel.module import discover_modules
-from iip.kernel.settings import SettingsError, load_settings
+from iip.kernel.module import CommandGroup, discover_command_groups
 
 # Open event streams (twin changes) would otherwise hold a shutdown until every client leaves.
 GRACEFUL_SHUTDOWN_S = 5
@@ -22,7 +24,65 @@ class HttpServer(StrEnum):
     GRANIAN = "granian"
 
 
+class DeclaredGroup(TyperGroup):
+    """A context's command group as `iip --help` lists it: its name and help, its Typer app not imported."""
+
+    def __init__(self, name: str, declared: CommandGroup) -> None:
+        super().__init__(name=name, help=declared.help)
+        self.declared = declared
+
+
+class RootGroup(TyperGroup):
+    """The root command: its own commands, then every context's groups, each imported only when run.
+
+    `iip --help` lists a group from its declaration; running it, or asking for its help, imports the
+    Typer app the declaration names.
+    """
+
+    LISTING = "iip.listing"  # ctx.meta key, set while the help of the root is written
+
+    def _add_context_groups(self) -> None:
+        if getattr(self, "_context_groups_added", False):
+            return
+        self._context_groups_added = True
+        for name, group in discover_command_groups().items():
+            if name in self.commands:
+                continue
+            # A context without a manifest has built its Typer app already.
+            self.commands[name] = (
+                DeclaredGroup(name, group) if isinstance(group, CommandGroup) else self._mount(name, group)
+            )
+
+    def _mount(self, name: str, group: typer.Typer) -> click.Command:
+        # As `app.add_typer(group, name=name)` would have mounted it.
+        return typer.main.get_group_from_info(
+            TyperInfo(group, name=name, options_metavar=self.options_metavar or "[OPTIONS]"),
+            pretty_exceptions_short=app.pretty_exceptions_short,
+            rich_markup_mode=self.rich_markup_mode,
+            suggest_commands=self.suggest_commands,
+        )
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_context_groups()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_context_groups()
+        command = super().get_command(ctx, cmd_name)
+        if isinstance(command, DeclaredGroup) and not ctx.meta.get(self.LISTING):
+            command = self.commands[cmd_name] = self._mount(cmd_name, command.declared.load())
+        return command
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        ctx.meta[self.LISTING] = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            del ctx.meta[self.LISTING]
+
+
 app = typer.Typer(
+    cls=RootGroup,
     name="iip",
     help="IIP, an open industrial internet platform.",
     no_args_is_help=True,
@@ -47,6 +107,8 @@ def root(
     ] = False,
 ) -> None:
     """Settings come from IIP_* environment variables (see README)."""
+    from iip.kernel.settings import SettingsError, load_settings
+
     try:
         ctx.obj = CliState(settings=load_settings())
     except SettingsError as err:
@@ -189,15 +251,6 @@ def serve_with_granian(host: str, port: int, workers: int) -> None:
         log_access=False,
         respawn_failed_workers=True,
     ).serve()
-
-
-def _mount_modules() -> None:
-    for module in discover_modules():
-        for name, group in module.cli.items():
-            app.add_typer(group, name=name)
-
-
-_mount_modules()
 
 
 def main() -> None:

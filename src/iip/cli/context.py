@@ -8,18 +8,21 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
 
-from iip.kernel import audit
-from iip.kernel.db import Database
-from iip.kernel.errors import DomainError
-from iip.kernel.settings import Settings
+# SQLAlchemy and the kernel's database code are imported where used: `iip --help`, `--version` and
+# commands that touch no database do not pay for them.
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.orm import Session
+
+    from iip.kernel.db import Database
+    from iip.kernel.settings import Settings
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -32,6 +35,8 @@ class CliState:
 
     @property
     def db(self) -> Database:
+        from iip.kernel.db import Database
+
         if self._db is None:
             try:
                 self.settings.ensure_data_dir()
@@ -62,6 +67,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def database_problem(db: Database, err: DBAPIError) -> str:
     """The driver's own message, without SQLAlchemy's statement dump and link."""
+    from sqlalchemy.exc import OperationalError
+
     what = "database unavailable" if isinstance(err, OperationalError) else "database error"
     message = f"{what} ({db.engine.url.render_as_string(hide_password=True)}): {err.orig}"
     if getattr(err.orig, "sqlstate", None) == "42P01" or "no such table" in str(err.orig):
@@ -84,6 +91,10 @@ def unit_of_work(ctx: typer.Context, action: str | None = None) -> Iterator[Sess
     With `action`, a refused command is audited too (in its own transaction, since the command's
     own one is rolled back).
     """
+    from sqlalchemy.exc import DBAPIError
+
+    from iip.kernel.errors import DomainError
+
     db = state(ctx).db
     try:
         with db.session() as session:
@@ -108,6 +119,8 @@ def record(
     detail: str = "",
 ) -> None:
     """Append a CLI action to the audit log (inside the command's transaction)."""
+    from iip.kernel import audit
+
     audit.append(
         session,
         cli_principal(),
@@ -125,6 +138,8 @@ def record(
 
 def progress_bar() -> Progress:
     """A progress bar on stderr (stdout stays clean for scripts); hidden when stderr is not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

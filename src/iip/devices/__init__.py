@@ -1,23 +1,19 @@
 """Plant connectivity: device registry and profiles, ingest over MQTT, Sparkplug B, Modbus, OPC UA and HTTP."""
 
-from iip.devices import models as models
-from iip.devices.cli import devices_app
-from iip.devices.edge.cli import edge_app
-from iip.devices.lifespan import devices_lifespan
-from iip.devices.pages import PAGES, TEMPLATE_DIR, pages_router
-from iip.devices.router import router
-from iip.devices.sim.cli import sim_app
-from iip.kernel.module import Module
+from iip.kernel.module import CommandGroup, Manifest
 
-module = Module(
+manifest = Manifest(
     name="devices",
-    title="Devices",
     depends_on=("telemetry",),
-    router=router,
-    pages_router=pages_router,
-    pages=PAGES,
-    cli={"devices": devices_app, "edge": edge_app, "sim": sim_app},
-    lifespan=devices_lifespan,
-    permissions=("devices.read", "devices.operate", "devices.write", "devices.admin"),
-    template_dir=TEMPLATE_DIR,
+    cli={
+        "devices": CommandGroup("iip.devices.cli:devices_app", "Device registry: profiles, devices, gateways."),
+        "edge": CommandGroup(
+            "iip.devices.edge.cli:edge_app",
+            "Edge agent: polls devices beside the machines and forwards to the platform, storing while it is away.",
+        ),
+        "sim": CommandGroup(
+            "iip.devices.sim.cli:sim_app",
+            "Simulated plant: Modbus pumps and power meters, an OPC UA reactor, a Sparkplug B line, MQTT sensors.",
+        ),
+    },
 )

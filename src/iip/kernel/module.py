@@ -1,20 +1,25 @@
 """The contract every context fulfils, and the registry that finds them.
 
-A context is a sub-package of `iip` whose `__init__` exports `module: Module`. The app factory, the
-CLI, the console and the migrations iterate `discover_modules()`; nothing imports contexts by name.
+A context is a sub-package of `iip`. Its `__init__` stays light and exports `manifest: Manifest` (what
+the `iip` command needs: name, dependencies, command groups named by import path); its `module.py`
+exports `module: Module` (routers, pages, lifespans). A context without a manifest exports `module`
+from its `__init__`. The app factory, the console and the migrations iterate `discover_modules()`,
+the CLI `discover_command_groups()`; nothing imports contexts by name.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import typer
     from fastapi import APIRouter
     from starlette.types import ASGIApp
@@ -49,6 +54,36 @@ DemoLoader = Callable[["Runtime", str], None]  # (runtime, demo tenant id)
 AsgiLayer = Callable[["ASGIApp", "Runtime"], "ASGIApp"]
 
 
+@dataclass(frozen=True, slots=True)
+class CommandGroup:
+    """A top-level `iip` command group, named without importing it."""
+
+    target: str  # "package.module:attribute" of a typer.Typer
+    help: str  # what `iip --help` lists; the same text the Typer is given
+
+    def load(self) -> typer.Typer:
+        import typer
+
+        module_name, _, attribute = self.target.partition(":")
+        group = getattr(importlib.import_module(module_name), attribute, None)
+        if not isinstance(group, typer.Typer):
+            raise ModuleError(f"command group '{self.target}' is not a typer.Typer")
+        return group
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What the `iip` command needs of a context, declared in its light `__init__`.
+
+    `name` and `depends_on` order the groups in `iip --help` as the registry orders modules; the
+    context's `Module` takes the same values.
+    """
+
+    name: str
+    depends_on: Sequence[str] = ()
+    cli: Mapping[str, CommandGroup] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Module:
     """What a context declares about itself."""
@@ -59,7 +94,7 @@ class Module:
     router: APIRouter | None = None
     pages_router: APIRouter | None = None
     pages: Sequence[Page] = ()
-    cli: Mapping[str, typer.Typer] = field(default_factory=dict)  # top-level command groups
+    cli: Mapping[str, typer.Typer | CommandGroup] = field(default_factory=dict)  # top-level command groups
     lifespan: Lifespan | None = None
     health: HealthCheck | None = None
     demo: DemoLoader | None = None
@@ -73,25 +108,64 @@ class ModuleError(Exception):
     pass
 
 
+def _context_packages() -> list[ModuleType]:
+    import iip
+
+    return [
+        importlib.import_module(f"iip.{info.name}")
+        for info in pkgutil.iter_modules(iip.__path__)
+        if info.ispkg and info.name not in INFRASTRUCTURE and not info.name.startswith("_")
+    ]
+
+
+def _module_of(package: ModuleType) -> Module | None:
+    if isinstance(getattr(package, "manifest", None), Manifest):
+        package = importlib.import_module(f"{package.__name__}.module")
+    module = getattr(package, "module", None)
+    return module if isinstance(module, Module) else None
+
+
 @cache
 def discover_modules() -> tuple[Module, ...]:
     """Every context under `iip`, ordered so each comes after what it depends on."""
-    import iip
-
-    found: dict[str, Module] = {}
-    for info in pkgutil.iter_modules(iip.__path__):
-        if not info.ispkg or info.name in INFRASTRUCTURE or info.name.startswith("_"):
-            continue
-        package = importlib.import_module(f"iip.{info.name}")
-        module = getattr(package, "module", None)
-        if isinstance(module, Module):
-            found[module.name] = module
+    found = {module.name: module for module in map(_module_of, _context_packages()) if module is not None}
     return order_modules(found.values())
 
 
-def order_modules(modules: Sequence[Module] | Any) -> tuple[Module, ...]:
+@cache
+def discover_command_groups() -> dict[str, typer.Typer | CommandGroup]:
+    """Every context's top-level command groups, in registry order.
+
+    Contexts with a manifest are read from it alone, so listing and dispatching commands does not
+    import their routers, pages and lifespans.
+    """
+    declared: dict[str, Manifest | Module] = {}
+    for package in _context_packages():
+        manifest = getattr(package, "manifest", None)
+        found = manifest if isinstance(manifest, Manifest) else _module_of(package)
+        if found is not None:
+            declared[found.name] = found
+    groups: dict[str, typer.Typer | CommandGroup] = {}
+    for context in order_modules(declared.values()):
+        groups.update(context.cli)
+    return groups
+
+
+class Declared(Protocol):
+    """A module or a manifest: what ordering needs."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def depends_on(self) -> Sequence[str]: ...
+
+
+DeclaredT = TypeVar("DeclaredT", bound=Declared)
+
+
+def order_modules(modules: Iterable[DeclaredT]) -> tuple[DeclaredT, ...]:
     by_name = {m.name: m for m in modules}
-    ordered: list[Module] = []
+    ordered: list[DeclaredT] = []
     state: dict[str, int] = {}
 
     def visit(name: str, chain: tuple[str, ...]) -> None:
