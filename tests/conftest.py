@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,14 +26,15 @@ BACKENDS = ("sqlite", "postgresql")
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+def postgres_database(template: str | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test (a copy of `template`, if given), dropped afterwards."""
     url = make_url(POSTGRES_URL)
     require_service("PostgreSQL", url.host or "127.0.0.1", url.port or 5432)
     name = f"iip_t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        copy_of = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy_of}'))
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -55,8 +57,74 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+class MigratedTemplates:
+    """One migrated database per backend and test process, copied for every test that asks for a
+    migrated one: a copy costs a fraction of running every migration again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.sqlite_file: Path | None = None
+        self.postgres_name: str | None = None
+
+    @contextmanager
+    def copy(self, backend: str, tmp_path: Path) -> Iterator[str]:
+        if backend == "sqlite":
+            target = tmp_path / "iip.db"
+            shutil.copyfile(self._sqlite(), target)
+            yield f"sqlite:///{target}"
+            return
+        with postgres_database(template=self._postgres()) as url:
+            yield url
+
+    def _sqlite(self) -> Path:
+        if self.sqlite_file is None:
+            path = self.folder / "template.db"
+            db = Database(f"sqlite:///{path}")
+            upgrade(db)
+            db.dispose()  # the last connection closing folds the WAL into the file
+            self.sqlite_file = path
+        return self.sqlite_file
+
+    def _postgres(self) -> str:
+        if self.postgres_name is None:
+            url = make_url(POSTGRES_URL)
+            require_service("PostgreSQL", url.host or "127.0.0.1", url.port or 5432)
+            name = f"iip_tpl_{uuid.uuid4().hex[:12]}"
+            admin = create_engine(url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            admin.dispose()
+            db = Database(url.set(database=name).render_as_string(hide_password=False))
+            upgrade(db)
+            db.dispose()  # a template must have no connections while it is copied
+            self.postgres_name = name
+        return self.postgres_name
+
+    def drop(self) -> None:
+        if self.postgres_name is not None:
+            admin = create_engine(make_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.postgres_name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigratedTemplates]:
+    templates = MigratedTemplates(tmp_path_factory.mktemp("migrated-template"))
+    yield templates
+    templates.drop()
+
+
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+def db_url(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, migrated_templates: MigratedTemplates
+) -> Iterator[str]:
+    # A test that will migrate its database gets a copy of one already migrated; `migrated_db` then
+    # finds it at head. Every other test gets an empty database, as before.
+    if "migrated_db" in request.fixturenames:
+        with migrated_templates.copy(backend, tmp_path) as url:
+            yield url
+        return
     with database_url(backend, tmp_path) as url:
         yield url
 
