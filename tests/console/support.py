@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,22 @@ def sign_in_as(client: TestClient, tenant: TenantFixture, role: Role = Role.ADMI
     response = client.post("/lang", data={"language": language, "next": "/", "csrf_token": token})
     assert response.status_code == 200, response.text
     return token
+
+
+def text_of(html: str) -> str:
+    """The visible text of some HTML, with runs of white space made one space."""
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def heading_text(html: str) -> str:
+    match = re.search(r"<h1[^>]*>(.*?)</h1>", html, re.DOTALL)
+    assert match, "the page has no heading"
+    return text_of(match.group(1))
+
+
+def section(html: str, element_id: str) -> str:
+    """The HTML of the element with that id, up to the end of its table or section."""
+    start = html.find(f'id="{element_id}"')
+    assert start >= 0, f"no #{element_id}"
+    ends = [i for tag in ("</table>", "</section>", "</form>") if (i := html.find(tag, start)) >= 0]
+    return html[start : min(ends)]

@@ -34,7 +34,10 @@ from tests.console.support import (
     assert_html,
     audit_entries,
     console_app,
+    heading_text,
+    section,
     tenant_with_users,
+    text_of,
 )
 from tests.console.support import sign_in_as as sign_in_as_in
 
@@ -149,24 +152,6 @@ def plant(runtime: Runtime, tenant: TenantFixture) -> dict[str, str]:
         service.acknowledge(ids["b-2"])
         service.acknowledge(ids["b-3"])
     return ids
-
-
-def text_of(html: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
-
-
-def heading_text(html: str) -> str:
-    match = re.search(r"<h1[^>]*>(.*?)</h1>", html, re.DOTALL)
-    assert match, "the page has no heading"
-    return text_of(match.group(1))
-
-
-def section(html: str, element_id: str) -> str:
-    """The HTML of the element with that id, up to the end of its table or section."""
-    start = html.find(f'id="{element_id}"')
-    assert start >= 0, f"no #{element_id}"
-    ends = [i for tag in ("</table>", "</section>", "</form>") if (i := html.find(tag, start)) >= 0]
-    return html[start : min(ends)]
 
 
 def listed(html: str) -> list[str]:

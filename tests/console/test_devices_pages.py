@@ -41,8 +41,11 @@ from tests.console.support import (
     assert_html,
     audit_entries,
     console_app,
+    heading_text,
+    section,
     sign_in_as,
     tenant_with_users,
+    text_of,
 )
 
 PLACEHOLDER_RE = re.compile(r"%\((\w+)\)s")
@@ -157,24 +160,6 @@ def commands_of(runtime: Runtime, tenant: TenantFixture) -> list[tuple[str, Any,
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def text_of(html: str) -> str:
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
-
-
-def heading_text(html: str) -> str:
-    match = re.search(r"<h1[^>]*>(.*?)</h1>", html, re.DOTALL)
-    assert match, "the page has no heading"
-    return text_of(match.group(1))
-
-
-def section(html: str, element_id: str) -> str:
-    """The HTML of the element with that id, up to the end of its table or section."""
-    start = html.find(f'id="{element_id}"')
-    assert start >= 0, f"no #{element_id}"
-    ends = [i for tag in ("</table>", "</section>", "</form>") if (i := html.find(tag, start)) >= 0]
-    return html[start : min(ends)]
 
 
 def row_of(html: str, attribute: str, value: str) -> str:
