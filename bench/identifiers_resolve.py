@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -110,7 +110,7 @@ def row(n: int) -> dict[str, object]:
     }
 
 
-def register(db: Database, total: int) -> None:
+def register(db: Database, total: int, make_row: Callable[[int], dict[str, object]] = row) -> None:
     with db.session() as session:
         tenant = AccessService(session).create_tenant("bench")
         HandleService(session).create_prefix(tenant.id, PREFIX, "bench-secret-1", actor="bench")
@@ -118,7 +118,7 @@ def register(db: Database, total: int) -> None:
     actor = Principal("apikey", "bench", "bench", tenant_id, Role.ENGINEER)
     started = time.perf_counter()
     for start in range(0, total, BATCH):
-        rows = [catalog.BatchRow(i + 1, row(n)) for i, n in enumerate(range(start, min(start + BATCH, total)))]
+        rows = [catalog.BatchRow(i + 1, make_row(n)) for i, n in enumerate(range(start, min(start + BATCH, total)))]
         with db.session() as session:
             catalog.register_batch(session, rows, actor, source="bench")
         if (start // BATCH) % 20 == 19:

@@ -217,3 +217,71 @@ def test_quick_check_never_passes_what_jsonschema_refuses(name: str, attributes:
     if catalog._quick_valid(catalog.template(name).schema, attributes):
         assert valid
     assert (catalog.attribute_problem(name, attributes) is None) is valid
+
+
+def _search(client: TestClient, tenant: TenantFixture, **params: Any) -> dict[str, Any]:
+    response = client.get(SEARCH, params=params, headers=tenant.headers(Role.VIEWER))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_search_answers_the_same_whichever_way_the_words_drive_it(
+    client: TestClient, runtime: Runtime, homed: HomedPrefix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Words few rows have are fetched through the full-text index and sorted; words most rows have
+    # are found by walking key order (SQLite). Both must give the same pages, counts and order.
+    for n in range(12):
+        register(client, homed, f"R-{n:02d}", f"https://host{n % 3}.example.com/r/{n}")
+        attributes = {"part_number": f"PN-{n}", "material": "GCr15" if n % 2 else "SUJ2", "name": f"grade {n % 4}"}
+        assert set_attributes(client, homed, f"R-{n:02d}", "part", attributes).status_code == 200
+    neighbour = home_prefix(runtime, homed.tenant, "88.118.80", "neighbour-secret")
+    body = {"values": [url_value("https://host0.example.com/n"), admin_entry("0.NA/88.118.80")]}
+    assert client.put("/api/handles/88.118.80/R-99", json=body, headers=neighbour.auth).status_code == 200
+
+    queries: list[dict[str, Any]] = [
+        {"q": "gcr15"},
+        {"q": "host0"},
+        {"q": "host0", "prefix": "88.118.8"},
+        {"q": "grade 2", "template": "part"},
+        {"attr.material": "SUJ2"},
+        {"attr.name": "grade 1", "q": "host1"},
+        {"attr.part_number": "PN-7"},
+        {"prefix": "88.118.8"},
+        {"prefix": "88.118.80"},
+    ]
+    expected = {
+        0: [f"88.118.8/R-{n:02d}" for n in range(1, 12, 2)],
+        1: [*(f"88.118.8/R-{n:02d}" for n in range(0, 12, 3)), "88.118.80/R-99"],
+        2: [f"88.118.8/R-{n:02d}" for n in range(0, 12, 3)],
+        3: ["88.118.8/R-02", "88.118.8/R-06", "88.118.8/R-10"],
+        4: [f"88.118.8/R-{n:02d}" for n in range(0, 12, 2)],
+        5: ["88.118.8/R-01"],
+        6: ["88.118.8/R-07"],
+        7: [f"88.118.8/R-{n:02d}" for n in range(12)],
+        8: ["88.118.80/R-99"],
+    }
+    for common_rows in (catalog.COMMON_TERM_ROWS, 0):
+        monkeypatch.setattr(catalog, "COMMON_TERM_ROWS", common_rows)
+        for number, params in enumerate(queries):
+            answer = _search(client, homed.tenant, **params, page_size=500)
+            assert [i["handle"] for i in answer["items"]] == expected[number], (common_rows, params)
+            assert (answer["total"], answer["total_exact"]) == (len(expected[number]), True), (common_rows, params)
+
+
+def test_search_counts_up_to_a_limit_past_the_page(
+    client: TestClient, homed: HomedPrefix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(7):
+        register(client, homed, f"C-{n}", f"https://counted.example.com/{n}")
+    monkeypatch.setattr(catalog, "COUNT_LIMIT", 3)
+    for common_rows in (catalog.COMMON_TERM_ROWS, 0):
+        monkeypatch.setattr(catalog, "COMMON_TERM_ROWS", common_rows)
+        first = _search(client, homed.tenant, q="counted", page_size=2)
+        assert (first["total"], first["total_exact"]) == (3, False)
+        assert [i["handle"] for i in first["items"]] == ["88.118.8/C-0", "88.118.8/C-1"]
+        # Page 3 starts at the 5th match: the count reaches 4 + 3 = 7, all of them.
+        third = _search(client, homed.tenant, q="counted", page_size=2, page=3)
+        assert (third["total"], third["total_exact"]) == (7, True)
+        assert [i["handle"] for i in third["items"]] == ["88.118.8/C-4", "88.118.8/C-5"]
+    assert _search(client, homed.tenant, q="!!!")["items"] == []

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
-from sqlalchemy import String, cast, event, false, func, literal_column, select, text
+from sqlalchemy import Integer, Select, String, cast, column, event, exists, func, literal_column, select, table, text
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -69,6 +69,8 @@ MAX_ATTRIBUTE_BYTES = 64 * 1024
 MAX_BATCH_ROWS = 10_000
 INSERT_CHUNK = 1000  # rows per multi-row INSERT
 MAX_SEARCH_TERMS = 10
+COUNT_LIMIT = 1000  # matches counted past a page's start; beyond it the total is "more than"
+COMMON_TERM_ROWS = 20_000  # full-text matches above which a page is found by walking key order
 ATTRIBUTE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 VALUE_TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 WORD_RE = re.compile(r"\w+")
@@ -401,62 +403,149 @@ class SearchQuery:
 
 @dataclass(frozen=True, slots=True)
 class SearchPage:
+    """One page of matches. `total` is exact when `total_exact`, else a floor: more match."""
+
     total: int
     page: int
     page_size: int
     items: list[Handle]
+    total_exact: bool = True
 
 
-def _text_conditions(session: Session, query_text: str) -> list[ColumnElement[bool]]:
+@dataclass(slots=True)
+class _FullText:
+    """The words and substrings a search needs in `search_text`, and how to ask the index for them."""
+
+    words: list[str] = field(default_factory=list)
+    substrings: list[str] = field(default_factory=list)
+    nothing: bool = False  # text with nothing searchable in it matches nothing
+
+
+def _full_text(query_text: str, attribute_values: Iterable[str]) -> _FullText:
+    wanted = _FullText()
     terms = query_text.split()[:MAX_SEARCH_TERMS]
-    conditions: list[ColumnElement[bool]] = []
-    words: list[str] = []
     for term in terms:
         if UNSPACED_RE.search(term):
-            conditions.append(Handle.search_text.icontains(term, autoescape=True))
+            # A CJK run is one token to both full-text indexes, so part of one is found by substring.
+            wanted.substrings.append(term)
         else:
-            words.extend(WORD_RE.findall(term))
-    if not words:
-        # Text with nothing searchable in it (only punctuation) matches nothing.
-        return conditions or [false()]
-    if session.get_bind().dialect.name == "postgresql":
-        vector = func.to_tsvector(literal_column("'simple'::regconfig"), Handle.search_text)
-        query = func.plainto_tsquery(literal_column("'simple'::regconfig"), " ".join(words))
-        conditions.append(vector.op("@@")(query))
-    else:
-        # Each word quoted: FTS5 query syntax (AND, NEAR, column filters) is not offered to callers.
-        match = " ".join('"' + w.replace('"', '""') + '"' for w in words)
-        matching = text("SELECT rowid FROM identifiers_handle_fts WHERE identifiers_handle_fts MATCH :match")
-        conditions.append(Handle.id.in_(matching.bindparams(match=match)))
-    return conditions
+            wanted.words.extend(WORD_RE.findall(term))
+    if terms and not wanted.words and not wanted.substrings:
+        wanted.nothing = True
+    for value in attribute_values:
+        # An attribute value's words are in the search text (`_words`) unless it is a boolean,
+        # which JSON comparison reads as 0 or 1: only words that cannot be one narrow the search.
+        if value not in ("0", "1"):
+            wanted.words.extend(WORD_RE.findall(value))
+    return wanted
 
 
-def search(session: Session, query: SearchQuery, actor: Principal) -> SearchPage:
-    """The caller's tenant's handles matching every criterion given, ordered by handle."""
-    actor.require("identifiers.read")
+def _sqlite_match(words: list[str]) -> str:
+    # Each word quoted: FTS5 query syntax (AND, NEAR, column filters) is not offered to callers.
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+_FTS = table("identifiers_handle_fts", column("rowid", Integer))
+_FTS_MATCH = literal_column("identifiers_handle_fts").op("MATCH")
+
+
+def _filters(query: SearchQuery, actor: Principal, *, key_range: bool) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if not actor.is_platform:
         conditions.append(Handle.tenant_id == actor.tenant_id)
     conditions.append(Handle.prefix != NA_PREFIX)
     if query.prefix:
-        conditions.append(Handle.prefix == query.prefix.lower())
+        lowered = query.prefix.lower()
+        conditions.append(Handle.prefix == lowered)
+        if key_range:
+            # A key starts with its prefix and "/": the same rows as a key range the key indexes serve.
+            conditions.extend((Handle.key >= lowered + "/", Handle.key < lowered + "0"))
     if query.template:
         conditions.append(Handle.template == query.template)
-    for attribute, wanted in query.attributes.items():
+    conditions.extend(
+        cast(Handle.attributes[attribute].as_string(), String) == wanted
+        for attribute, wanted in query.attributes.items()
+    )
+    return conditions
+
+
+def _by_rowid(conditions: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+    # SQLite's planner would walk an index of these columns and test every row against the
+    # full-text matches; `likely()` keeps it from using them, so the matches drive by rowid.
+    return [func.likely(condition) for condition in conditions]
+
+
+def _common_words(session: Session, match: str) -> bool:
+    found = session.scalar(
+        select(func.count()).select_from(
+            select(_FTS.c.rowid).where(_FTS_MATCH(match)).limit(COMMON_TERM_ROWS + 1).subquery()
+        )
+    )
+    return (found or 0) > COMMON_TERM_ROWS
+
+
+def _sqlite_word_search(
+    session: Session, query: SearchQuery, actor: Principal, wanted: _FullText
+) -> tuple[Select[int], Select[Handle]]:
+    """The count and page statements of a search with words, each driven the cheapest way."""
+    match = _sqlite_match(wanted.words)
+    substrings = [Handle.search_text.icontains(term, autoescape=True) for term in wanted.substrings]
+    driven = [*_by_rowid(_filters(query, actor, key_range=False)), *substrings]
+    if not _common_words(session, match):
+        # Few matches: fetch them by rowid and sort them.
+        matching = Handle.id.in_(select(_FTS.c.rowid).where(_FTS_MATCH(match)))
+        return select(Handle.id).where(*driven, matching), select(Handle).where(*driven, matching)
+    # Words most rows have: sorting every match would read the whole index. The page walks the rows
+    # in key order and asks the index about each (a few lookups per row shown); the count streams
+    # the matches and stops at its limit.
+    probe = exists().where(_FTS_MATCH(match), _FTS.c.rowid == Handle.id)
+    count = (
+        select(Handle.id).select_from(_FTS.join(Handle, Handle.id == _FTS.c.rowid)).where(_FTS_MATCH(match), *driven)
+    )
+    page = select(Handle).where(*_filters(query, actor, key_range=True), *substrings, probe)
+    return count, page
+
+
+def optimize_search_index(session: Session) -> bool:
+    """Merge SQLite's full-text index into one segment (seconds per million handles).
+
+    Bulk loads leave the index in many segments, and every lookup visits each: after a large import
+    word searches are several times faster. PostgreSQL's GIN index needs no such step (False).
+    """
+    if session.get_bind().dialect.name != "sqlite":
+        return False
+    session.execute(text("INSERT INTO identifiers_handle_fts(identifiers_handle_fts) VALUES ('optimize')"))
+    return True
+
+
+def search(session: Session, query: SearchQuery, actor: Principal) -> SearchPage:
+    """The caller's tenant's handles matching every criterion given, ordered by handle.
+
+    The count stops `COUNT_LIMIT` matches past the page's start (`total_exact` False beyond it):
+    counting a million matches would cost a thousand times what finding a page does.
+    """
+    actor.require("identifiers.read")
+    for attribute in query.attributes:
         if not ATTRIBUTE_NAME_RE.match(attribute):
             raise Invalid(f"invalid attribute name '{attribute[:70]}'", code="invalid_attribute_name")
-        conditions.append(cast(Handle.attributes[attribute].as_string(), String) == wanted)
-    if query.text.strip():
-        conditions.extend(_text_conditions(session, query.text))
-    total = session.scalar(select(func.count()).select_from(Handle).where(*conditions)) or 0
-    rows = session.scalars(
-        select(Handle)
-        .where(*conditions)
-        .order_by(Handle.key)
-        .offset((query.page - 1) * query.page_size)
-        .limit(query.page_size)
-    )
-    return SearchPage(total, query.page, query.page_size, list(rows))
+    wanted = _full_text(query.text, query.attributes.values())
+    if wanted.nothing:
+        return SearchPage(0, query.page, query.page_size, [])
+    if wanted.words and session.get_bind().dialect.name == "sqlite":
+        count, page = _sqlite_word_search(session, query, actor, wanted)
+    else:
+        conditions = _filters(query, actor, key_range=True)
+        conditions.extend(Handle.search_text.icontains(term, autoescape=True) for term in wanted.substrings)
+        if wanted.words:
+            vector = func.to_tsvector(literal_column("'simple'::regconfig"), Handle.search_text)
+            tsquery = func.plainto_tsquery(literal_column("'simple'::regconfig"), " ".join(wanted.words))
+            conditions.append(vector.op("@@")(tsquery))
+        count, page = select(Handle.id).where(*conditions), select(Handle).where(*conditions)
+    start = (query.page - 1) * query.page_size
+    limit = start + COUNT_LIMIT
+    total = session.scalar(select(func.count()).select_from(count.limit(limit + 1).subquery())) or 0
+    rows = session.scalars(page.order_by(Handle.key).offset(start).limit(query.page_size))
+    return SearchPage(min(total, limit), query.page, query.page_size, list(rows), total_exact=total <= limit)
 
 
 def url_of(row: Handle) -> str | None:

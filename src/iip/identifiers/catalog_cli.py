@@ -18,6 +18,9 @@ IMPORT_CHUNK = 10_000
 MAX_ERRORS_SHOWN = 50
 
 
+OPTIMIZE_AFTER = 10_000  # handles imported at once, past which the search index is merged again
+
+
 def _line_count(path: Path) -> int:
     with path.open("rb") as source:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: source.read(1 << 20), b""))
@@ -64,6 +67,17 @@ def import_command(
                 out_console.print(f"... and {len(err.errors) - MAX_ERRORS_SHOWN} more")
             raise
     out_console.print(f"registered {count} handles from {file.name}")
+    if count >= OPTIMIZE_AFTER:
+        with unit_of_work(ctx) as session:
+            if catalog.optimize_search_index(session):
+                out_console.print("search index optimised")
+
+
+def optimize_search_command(ctx: typer.Context) -> None:
+    """Merge the full-text search index (SQLite), as an import of many handles does by itself."""
+    with unit_of_work(ctx) as session:
+        done = catalog.optimize_search_index(session)
+    out_console.print("search index optimised" if done else "nothing to do: PostgreSQL's index needs no merging")
 
 
 def search_command(
@@ -95,11 +109,14 @@ def search_command(
     if as_json:
         body = {
             "total": found.total,
+            "total_exact": found.total_exact,
             "items": [{"handle": h, "url": u, "template": t, "attributes": a} for h, u, t, a in items],
         }
         typer.echo(json.dumps(body, ensure_ascii=False, indent=2))
         return
-    table = Table("handle", "url", "template", "attributes", title=f"{found.total} found")
+    table = Table(
+        "handle", "url", "template", "attributes", title=f"{found.total}{'' if found.total_exact else '+'} found"
+    )
     for handle, url, template_name, attrs in items:
         table.add_row(handle, url or "", template_name or "", json.dumps(attrs, ensure_ascii=False))
     out_console.print(table)

@@ -64,7 +64,8 @@ class SearchItem(BaseModel):
 
 
 class SearchOut(BaseModel):
-    total: int
+    total: int = Field(description="matches counted; when `total_exact` is false, more than this match")
+    total_exact: bool
     page: int
     page_size: int
     items: list[SearchItem]
@@ -125,7 +126,9 @@ def search_identifiers(
         )
         for row in found.items
     ]
-    return SearchOut(total=found.total, page=found.page, page_size=found.page_size, items=items)
+    return SearchOut(
+        total=found.total, total_exact=found.total_exact, page=found.page, page_size=found.page_size, items=items
+    )
 
 
 BATCH_BODY: dict[str, Any] = {

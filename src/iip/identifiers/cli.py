@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from iip.cli.context import fail, out_console, record, unit_of_work
-from iip.identifiers.catalog_cli import import_command, search_command
+from iip.identifiers.catalog_cli import import_command, optimize_search_command, search_command
 from iip.identifiers.codec import (
     ADMIN_INDEX,
     HandleValue,
@@ -40,6 +40,7 @@ id_app.command("verify")(verify_command)
 id_app.command("node-key")(node_key_command)
 id_app.command("import")(import_command)
 id_app.command("search")(search_command)
+id_app.command("optimize-search")(optimize_search_command)
 
 # Handles registered here are administered by the prefix's admin group, as HANDLE.NET's tools do.
 OWNER_PERMISSIONS = "011111110011"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, event
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import Mapped, mapped_column
 
 from iip.identifiers.answers import stored_answer
@@ -42,14 +42,20 @@ class Handle(Base):
     """An identifier `prefix/suffix` and its typed values."""
 
     __tablename__ = "identifiers_handle"
+    # Searches list a tenant's handles in key order, by prefix (a key range) or template: these
+    # indexes give pages in that order without sorting the matches.
+    __table_args__ = (
+        Index("ix_identifiers_handle_tenant_key", "tenant_id", "key"),
+        Index("ix_identifiers_handle_tenant_template_key", "tenant_id", "template", "key"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("kernel_tenant.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("kernel_tenant.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(600), unique=True)  # lower-case "prefix/suffix" for lookup
     handle: Mapped[str] = mapped_column(String(600))  # as registered (UTF-8, case kept)
     prefix: Mapped[str] = mapped_column(String(255), index=True)  # lower-case
     values: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    template: Mapped[str | None] = mapped_column(String(50), default=None, index=True)
+    template: Mapped[str | None] = mapped_column(String(50), default=None)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     search_text: Mapped[str] = mapped_column(Text, default="")
     signature: Mapped[str] = mapped_column(String(200), default="")

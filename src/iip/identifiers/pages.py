@@ -132,14 +132,16 @@ def search_page(
         found = catalog.SearchPage(0, 1, PAGE_SIZE, [])
     rows = [SearchRow(r.handle, catalog.url_of(r), r.template, r.attributes, record_url(r.handle)) for r in found.items]
     pages = max(1, -(-found.total // PAGE_SIZE))
+    more = not found.total_exact  # the count stopped: more pages than `pages`
     context: dict[str, Any] = {
         "page_title": N_("Identifier search"),
         "rows": rows,
-        "total": found.total,
+        "total": f"{found.total:,}" + ("+" if more else ""),
+        "more_pages": more,
         "page": found.page,
         "pages": pages,
         "previous_url": _search_url(filters, found.page - 1) if found.page > 1 else "",
-        "next_url": _search_url(filters, found.page + 1) if found.page < pages else "",
+        "next_url": _search_url(filters, found.page + 1) if found.page < pages or more else "",
         "filters": filters,
         "errors": errors,
         "templates": TEMPLATE_TITLES,
