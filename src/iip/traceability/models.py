@@ -43,6 +43,11 @@ class Event(Base):
         Index("ix_traceability_event_tenant_event_id", "tenant_id", "event_id"),
         Index("ix_traceability_event_tenant_biz_step", "tenant_id", "biz_step"),
         Index("ix_traceability_event_tenant_biz_location", "tenant_id", "biz_location"),
+        Index("ix_traceability_event_tenant_event_type", "tenant_id", "event_type"),
+        Index("ix_traceability_event_tenant_read_point", "tenant_id", "read_point"),
+        Index("ix_traceability_event_tenant_disposition", "tenant_id", "disposition"),
+        # Ids are cursors (query pages, subscriptions): SQLite must never hand out a deleted one again.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(_EVENT_PK, primary_key=True, autoincrement=True)

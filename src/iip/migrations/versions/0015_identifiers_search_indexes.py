@@ -17,9 +17,7 @@ depends_on: Union[str, Sequence[str], None] = None
 def upgrade() -> None:
     # Plain CREATE/DROP INDEX on both databases: no table rebuild, so nothing cascades.
     op.create_index("ix_identifiers_handle_tenant_key", "identifiers_handle", ["tenant_id", "key"])
-    op.create_index(
-        "ix_identifiers_handle_tenant_template_key", "identifiers_handle", ["tenant_id", "template", "key"]
-    )
+    op.create_index("ix_identifiers_handle_tenant_template_key", "identifiers_handle", ["tenant_id", "template", "key"])
     op.drop_index("ix_identifiers_handle_tenant_id", table_name="identifiers_handle")
     op.drop_index("ix_identifiers_handle_template", table_name="identifiers_handle")
 
