@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -89,6 +89,7 @@ _EXCLUDED = frozenset(
 _EPC_LISTS = frozenset({"epcList", "inputEPCList", "childEPCs", "outputEPCList"})
 _QUANTITY_LISTS = frozenset({"quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList"})
 _CONTEXTS = resources.files("iip.traceability.epcis") / "schemas" / "jsonld-context"
+_CURIE_BASES = {"gs1": GS1_VOC, "cbv": "https://ref.gs1.org/cbv/"}
 
 
 @cache
@@ -115,6 +116,8 @@ def _scalar(value: Any) -> str:
 
 
 def _number(text: str) -> str:
+    if not text or not (text[0].isdigit() or text[0] in "+-."):
+        return text  # float() reads no finite number from anything else (and raising costs)
     try:
         number = float(text)
     except ValueError:
@@ -127,15 +130,34 @@ def _number(text: str) -> str:
 def _value(value: Any, context: dict[str, str]) -> str:
     """A value's canonical text: vocabulary URNs and CURIEs expanded, GS1 keys as Digital Links, numbers trimmed."""
     text = _scalar(value)
-    for kind in ("bizStep", "disposition", "bizTransactionType", "sourceDestType", "errorReason"):
-        if text.startswith("urn:epcglobal:cbv:"):
-            text = normalise_vocabulary(text, kind)
+    if text.partition(":")[0] in context:
+        return _canonical_text(text, context)
+    return _context_free_text(text)  # most values: the same text gives the same answer in any document
+
+
+def _canonical_text(text: str, context: dict[str, str]) -> str:
+    if text.startswith("urn:epcglobal:cbv:"):
+        for kind in ("bizStep", "disposition", "bizTransactionType", "sourceDestType", "errorReason"):
+            if text.startswith("urn:epcglobal:cbv:"):
+                text = normalise_vocabulary(text, kind)
     prefix, colon, rest = text.partition(":")
     if colon and not rest.startswith("//"):
-        expansions = {"gs1": GS1_VOC, "cbv": "https://ref.gs1.org/cbv/", **context}
-        if prefix in expansions:
-            text = expansions[prefix] + rest
-    text = _number(text)
+        # The document's prefixes first, then GS1's own.
+        base = context[prefix] if prefix in context else _CURIE_BASES.get(prefix)
+        if base is not None:
+            text = base + rest
+    return _gs1_key(_number(text))
+
+
+@lru_cache(maxsize=16_384)
+def _context_free_text(text: str) -> str:
+    """`_canonical_text` of a text whose CURIE prefix (if any) the document's context does not bind."""
+    return _canonical_text(text, {})
+
+
+@lru_cache(maxsize=16_384)
+def _gs1_key(text: str) -> str:
+    """A GS1 key as its canonical Digital Link; any other text as it is. Cached: values repeat across events."""
     try:
         return identifiers.canonical(text) if identifiers.is_gs1_identifier(text) else text
     except identifiers.IdentifierError:

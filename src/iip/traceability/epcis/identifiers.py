@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, unquote, urlsplit
 
 from biip.checksums import gs1_standard_check_digit
@@ -147,10 +148,22 @@ def _check_key(ai: str, key: str, source: str) -> str:
     return key
 
 
+def _may_be_link(text: str) -> bool:
+    """False only when `text` (stripped) cannot parse as an http(s) URI; cheaper than urlsplit, which
+    also drops leading control characters and every tab and line break before reading the scheme."""
+    if text[:8].lower().startswith(("http://", "https://")):
+        return True
+    return (text[:1] <= " " if text else False) or "\t" in text or "\r" in text or "\n" in text
+
+
+@lru_cache(maxsize=16_384)
 def is_gs1_identifier(value: str) -> bool:
     """Whether a value is one this module understands: a supported EPC URN or a Digital Link with a GS1 key."""
-    if _URN.fullmatch(value.strip()) or _SGTIN_PATTERN.fullmatch(value.strip()):
+    text = value.strip()
+    if _URN.fullmatch(text) or _SGTIN_PATTERN.fullmatch(text):
         return True
+    if not _may_be_link(text):
+        return False
     try:
         _parse_dl(value)
     except IdentifierError:
@@ -158,12 +171,71 @@ def is_gs1_identifier(value: str) -> bool:
     return True
 
 
+# The forms nearly every event carries, canonicalised without the general path's round trip through
+# a Digital Link string. Only serials that need no percent-encoding take it, so the result is the
+# general path's exactly; any other form, and any wrong check digit, goes the general way.
+_PLAIN = r"[A-Za-z0-9!'()*+,\-.:;=_~]+"
+_FAST_URN = re.compile(rf"urn:epc:(id:sgtin|class:lgtin|id:sscc|id:sgln):([0-9]+)\.([0-9]*)(?:\.({_PLAIN}))?")
+_FAST_LINK = re.compile(rf"https?://[^/?#\s\[\]]+/(00|01|414)/([0-9]+)(?:/(10|21|254)/({_PLAIN}))?(?:[?#]\S*)?")
+# URN scheme → (key AI, AI of its last component); SSCC has none, SGLN's extension 0 is the GLN itself
+_FAST_URN_SCHEMES = {"id:sgtin": ("01", "21"), "class:lgtin": ("01", "10"), "id:sscc": ("00", None)}
+_FAST_LINK_FORMS = {("00", None), ("01", None), ("01", "10"), ("01", "21"), ("414", None), ("414", "254")}
+_KEY_LENGTHS = {"00": 18, "01": 14, "414": 13}
+
+
+def _check_digit(payload: str) -> str:
+    """GS1 mod-10 check digit of ASCII digits (weights 3, 1, ... from the right)."""
+    total = 3 * sum(map(int, payload[-1::-2])) + sum(map(int, payload[-2::-2]))
+    return str((10 - total % 10) % 10)
+
+
+def _fast_urn(scheme: str, company: str, reference: str, last: str | None) -> str | None:
+    if scheme == "id:sgln":
+        ai, payload = "414", company + reference
+        qualifier = None if last in (None, "0") else ("254", last)
+    else:
+        ai, last_ai = _FAST_URN_SCHEMES[scheme]
+        if not reference or (last is None) != (last_ai is None):
+            return None  # a GTIN without serial or lot, or an SSCC with more: the general path says what it is
+        payload = reference[0] + company + reference[1:]  # the indicator digit leads
+        qualifier = (last_ai, last) if last_ai is not None and last is not None else None
+    if len(payload) + 1 != _KEY_LENGTHS[ai]:
+        return None
+    key = payload + _check_digit(payload)
+    return f"{DL_BASE}/{ai}/{key}" + (f"/{qualifier[0]}/{qualifier[1]}" if qualifier else "")
+
+
+def _fast_canonical(value: str) -> str | None:
+    """The canonical form of a common, well-formed identifier; None to take the general path."""
+    urn = _FAST_URN.fullmatch(value)
+    if urn is not None:
+        return _fast_urn(*urn.groups())
+    link = _FAST_LINK.fullmatch(value)
+    if link is None:
+        return None
+    ai, key, qualifier_ai, qualifier = link.groups()
+    if (ai, qualifier_ai) not in _FAST_LINK_FORMS or len(key) != _KEY_LENGTHS[ai]:
+        return None
+    if _check_digit(key[:-1]) != key[-1]:
+        return None
+    if qualifier_ai is None or (qualifier_ai == "254" and qualifier == "0"):
+        return f"{DL_BASE}/{ai}/{key}"
+    return f"{DL_BASE}/{ai}/{key}/{qualifier_ai}/{qualifier}"
+
+
+@lru_cache(maxsize=16_384)
 def canonical(identifier: str) -> str:
     """The matching form: a Digital Link URI on id.gs1.org; a value that is no GS1 identifier comes back unchanged.
 
     Raises IdentifierError for a GS1 identifier with a wrong check digit or a malformed structure.
+    Results are cached: an event's identifiers are canonicalised by validation, hashing and indexing.
     """
     value = identifier.strip()
+    fast = _fast_canonical(value)
+    return fast if fast is not None else _canonical(identifier, value)
+
+
+def _canonical(identifier: str, value: str) -> str:
     if value.startswith("urn:epc:"):
         value = urn_to_dl(value)
     elif not is_gs1_identifier(value):

@@ -168,34 +168,35 @@ def _time_issue(value: Any, at: str) -> list[ValidationIssue]:
     return []
 
 
-def _identifier_values(event: dict[str, Any], at: str) -> list[tuple[str, Any]]:
-    found: list[tuple[str, Any]] = [(f"{at}/parentID", event.get("parentID"))]
+def _identifier_values(event: dict[str, Any], at: str) -> list[tuple[tuple[Any, ...], Any]]:
+    """Each identifier with its location's steps (joined into a pointer only for a problem: most have none)."""
+    found: list[tuple[tuple[Any, ...], Any]] = [((at, "parentID"), event.get("parentID"))]
     for name in ("epcList", "childEPCs", "inputEPCList", "outputEPCList"):
-        found += [(f"{at}/{name}/{i}", v) for i, v in enumerate(event.get(name) or [])]
+        found += [((at, name, i), v) for i, v in enumerate(event.get(name) or [])]
     for name in ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList"):
         found += [
-            (f"{at}/{name}/{i}/epcClass", q.get("epcClass"))
+            ((at, name, i, "epcClass"), q.get("epcClass"))
             for i, q in enumerate(event.get(name) or [])
             if isinstance(q, dict)
         ]
     for name in ("readPoint", "bizLocation"):
         place = event.get(name)
         if isinstance(place, dict):
-            found.append((f"{at}/{name}/id", place.get("id")))
+            found.append(((at, name, "id"), place.get("id")))
     for name, item in (("sourceList", "source"), ("destinationList", "destination")):
         found += [
-            (f"{at}/{name}/{i}/{item}", e.get(item)) for i, e in enumerate(event.get(name) or []) if isinstance(e, dict)
+            ((at, name, i, item), e.get(item)) for i, e in enumerate(event.get(name) or []) if isinstance(e, dict)
         ]
     return found
 
 
 def _identifier_issues(event: dict[str, Any], at: str) -> list[ValidationIssue]:
     issues = []
-    for location, value in _identifier_values(event, at):
+    for steps, value in _identifier_values(event, at):
         if isinstance(value, str) and identifiers.is_gs1_identifier(value):
             problem = identifiers.check(value)
             if problem:
-                issues.append(ValidationIssue(location, problem))
+                issues.append(ValidationIssue("/".join(map(str, steps)), problem))
     return issues
 
 
