@@ -1,0 +1,456 @@
+"""Capture: EPCIS documents (JSON/JSON-LD or XML) validated, hashed and stored with their lookup rows.
+
+One call is one capture job. The document is read and validated whole (`capture_validation`):
+a problem outside every event (unreadable, the envelope breaking the schema) refuses the document
+(`DocumentRejected`, no job). Otherwise each event is valid or not, and the job's mode decides, as
+the EPCIS REST binding's `GS1-Capture-Error-Behaviour` header does:
+
+- `rollback` (the default): one invalid event and the job fails; no event of the document is stored;
+- `proceed`: the valid events are stored, each invalid one is reported in the job's errors.
+
+Each stored event gets its CBV 2.0 event hash; its `event_id` is the `eventID` it carries, or the
+hash. An event whose hash the tenant already holds, or that came earlier in the same document, is a
+duplicate: dropped and counted (the insert skips a hash the tenant holds, so two captures racing
+with one event store it once). The events of a job are written in one savepoint (all or none) with
+batched inserts, chunk by chunk as they are prepared (`capture_workers`: in worker processes for
+large documents, so preparing and writing overlap); the job row is written beside the savepoint
+and survives a failed write, so its status reads back. Everything runs before the call returns,
+so a job is finished when its id is handed out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import JSON, Column, Table, TypeDecorator, and_, or_, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, SessionTransaction
+
+from iip.kernel.auth import AccessService, Principal, new_id
+from iip.kernel.db import utcnow
+from iip.kernel.errors import Conflict, DomainError, Invalid, NotFound
+from iip.traceability.capture_validation import DocumentCheck, Syntax, check_document
+from iip.traceability.capture_workers import Prepared, prepared_chunks
+from iip.traceability.epcis.documents import EVENT_TYPES, MAX_DOCUMENT_BYTES, EpcisFormatError
+from iip.traceability.epcis.validation import ValidationIssue
+from iip.traceability.models import ACTOR_LENGTH, CaptureJob, Event, EventEpc, EventLink, SensorReport
+from iip.traceability.subscription_signal import announce_capture
+
+MODES = ("rollback", "proceed")
+CAPTURE_LIMIT = 20_000  # events per document (GS1-EPCIS-Capture-Limit)
+CAPTURE_FILE_SIZE_LIMIT = MAX_DOCUMENT_BYTES  # bytes per document (GS1-EPCIS-Capture-File-Size-Limit)
+MAX_REPORTED_ERRORS = 1_000  # problems kept per job or refusal; a last one says how many more there were
+
+_EVENT = cast("Table", Event.__table__)
+_EVENT_EPC = cast("Table", EventEpc.__table__)
+_EVENT_LINK = cast("Table", EventLink.__table__)
+_SENSOR_REPORT = cast("Table", SensorReport.__table__)
+# Column names of the indexed tuples `capture_workers.Prepared` carries, in `indexing`'s field order.
+_EVENT_COLUMNS = (
+    "event_type",
+    "event_time",
+    "event_time_zone_offset",
+    "action",
+    "biz_step",
+    "disposition",
+    "read_point",
+    "biz_location",
+)
+_EPC_COLUMNS = ("role", "epc", "quantity", "uom")
+_LINK_COLUMNS = ("kind", "type", "value")
+_SENSOR_COLUMNS = (
+    "type",
+    "device_id",
+    "time",
+    "value",
+    "min_value",
+    "max_value",
+    "mean_value",
+    "uom",
+    "string_value",
+    "boolean_value",
+)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """Rows turned into one list per column (what `unnest` takes)."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers past 64 bits, which the JSON reader keeps
+        return json.dumps(value)
+
+
+class DocumentRejected(DomainError):
+    """The document as a whole is unreadable or invalid; `errors` locates every problem (HTTP 400)."""
+
+    code = "epcis_validation"
+    title = "Invalid EPCIS document"
+
+    def __init__(self, message: str, issues: Sequence[ValidationIssue]) -> None:
+        super().__init__(message, errors=reported(issues))
+        self.issues = list(issues)
+
+
+class CaptureTooLarge(DomainError):
+    """More events or bytes than one capture takes (HTTP 413 with the limits in headers)."""
+
+    code = "capture_too_large"
+    title = "Capture payload too large"
+
+
+def reported(issues: Sequence[ValidationIssue]) -> list[dict[str, str]]:
+    """Issues as stored and answered: location and message, at most MAX_REPORTED_ERRORS and a count of the rest."""
+    out = [{"location": i.location, "message": i.message} for i in issues[:MAX_REPORTED_ERRORS]]
+    if len(issues) > MAX_REPORTED_ERRORS:
+        out.append({"location": "", "message": f"... and {len(issues) - MAX_REPORTED_ERRORS} more problems"})
+    return out
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[CaptureJob]
+    next_token: str | None
+
+
+_EVENT_ROW = (
+    "tenant_id",
+    "event_id",
+    "event_hash",
+    *_EVENT_COLUMNS,
+    "record_time",
+    "capture_job_id",
+    "body",
+    "context",
+)
+_EVENTS_PER_INSERT = 500  # rows per multi-row INSERT on SQLite: 15 parameters each, within its 32,766
+_ON_CONFLICT = "ON CONFLICT (tenant_id, event_hash) DO NOTHING RETURNING id, event_hash"
+
+
+def _pg_array(column: Column[Any]) -> str:
+    """The PostgreSQL array type a column's values are sent in (JSON goes as text and is cast)."""
+    kind = column.type
+    if isinstance(kind, TypeDecorator):
+        kind = kind.impl_instance
+    for python_type, array in ((bool, "boolean"), (int, "bigint"), (float, "float8"), (dt.datetime, "timestamptz")):
+        try:
+            if kind.python_type is python_type:
+                return array
+        except NotImplementedError:  # JSON has no single Python type
+            break
+    return "text"
+
+
+@lru_cache(maxsize=32)
+def _sqlite_event_insert(rows: int) -> str:
+    """A multi-row INSERT of event rows that skips one whose hash the tenant holds (a concurrent
+    capture's too) and returns the id and hash of each row written."""
+    row = f"({', '.join('?' * len(_EVENT_ROW))})"
+    values = ", ".join([row] * rows)
+    return f"INSERT INTO {_EVENT.name} ({', '.join(_EVENT_ROW)}) VALUES {values} {_ON_CONFLICT}"  # noqa: S608 - names from the models
+
+
+@lru_cache(maxsize=8)
+def _pg_insert(table: Table, names: tuple[str, ...], returning: str = "") -> str:
+    """An INSERT of many rows sent as one array per column (`unnest`): one statement and a handful of
+    parameters however many rows, which psycopg and PostgreSQL take much faster than as many rows."""
+    arrays = ", ".join(f"%s::{_pg_array(table.c[name])}[]" for name in names)
+    columns = ", ".join(f"{name}::json" if isinstance(table.c[name].type, JSON) else name for name in names)
+    # Table and column names come from the models, values are bound.
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {columns} "  # noqa: S608
+        f"FROM unnest({arrays}) AS given({', '.join(names)}) {returning}"
+    )
+
+
+class _Writer:
+    """Writes one job's events, chunk by chunk, in one savepoint; counts what it stored and dropped."""
+
+    def __init__(self, session: Session, tenant_id: str, job_id: str | None, check: DocumentCheck) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+        self.job_id = job_id
+        self.events = check.document.events
+        self.context = check.document.context
+        self.record_time = utcnow()
+        self.dialect = session.get_bind().dialect
+        # The column type's conversion for this database (SQLite keeps UTC times as text in its own format).
+        to_time = _EVENT.c.event_time.type.dialect_impl(self.dialect).bind_processor(self.dialect)
+        self.to_time: Callable[[Any], Any] = to_time or (lambda value: value)
+        self.seen: set[str] = set()  # hashes of this document written or dropped so far
+        self.stored: list[int] = []  # row ids, in document order
+        self.duplicates = 0
+        self.savepoint: SessionTransaction | None = None
+
+    def write(self, chunk: Sequence[Prepared]) -> None:
+        if self.savepoint is None or not self.savepoint.is_active:
+            self.savepoint = self.session.begin_nested()
+        fresh: list[Prepared] = []
+        for event in chunk:
+            if event.event_hash in self.seen:
+                self.duplicates += 1  # the first of a document's duplicates is kept
+            else:
+                self.seen.add(event.event_hash)
+                fresh.append(event)
+        if not fresh:
+            return
+        # Plain SQL: SQLAlchemy's per-row work costs more than the database's. Times and JSON are
+        # converted once per value the way the column types do it (orjson for the JSON).
+        to_time = self.to_time
+        head = (self.tenant_id,)
+        tail = (to_time(self.record_time), self.job_id)
+        context = _dumps(self.context)
+        rows = [
+            (
+                *head,
+                e.event_id,
+                e.event_hash,
+                e.columns[0],
+                to_time(e.columns[1]),
+                *e.columns[2:],
+                *tail,
+                _dumps(self.events[e.position]),
+                context,
+            )
+            for e in fresh
+        ]
+        connection = self.session.connection()
+        ids: dict[str, int] = {}
+        if self.dialect.name == "postgresql":
+            written = connection.exec_driver_sql(_pg_insert(_EVENT, _EVENT_ROW, _ON_CONFLICT), _columns(rows))
+            ids.update((row[1], row[0]) for row in written)
+        else:
+            for at in range(0, len(rows), _EVENTS_PER_INSERT):
+                batch = rows[at : at + _EVENTS_PER_INSERT]
+                parameters = tuple(value for row in batch for value in row)
+                ids.update(
+                    (row[1], row[0]) for row in connection.exec_driver_sql(_sqlite_event_insert(len(batch)), parameters)
+                )
+        new = [e for e in fresh if e.event_hash in ids]
+        self.duplicates += len(fresh) - len(new)
+        self._insert_lookups([(ids[e.event_hash], e) for e in new])
+        self.stored += [ids[e.event_hash] for e in new]
+        announce_capture(self.session, self.tenant_id)  # wakes subscription deliveries once committed
+
+    def _insert_lookups(self, stored: list[tuple[int, Prepared]]) -> None:
+        """The lookup rows in plain SQL (SQLAlchemy's per-row work would cost more than the database's):
+        an executemany on SQLite, arrays on PostgreSQL. Times go through the column type's conversion."""
+        tenant_id = self.tenant_id
+        epcs = [(row_id, tenant_id, *row) for row_id, e in stored for row in e.epcs]
+        links = [(row_id, tenant_id, *row) for row_id, e in stored for row in e.links]
+        to_time = self.to_time
+        reports = [
+            (row_id, tenant_id, row[0], row[1], to_time(row[2]), *row[3:])
+            for row_id, e in stored
+            for row in e.sensor_reports
+        ]
+        for table, columns, values in (
+            (_EVENT_EPC, _EPC_COLUMNS, epcs),
+            (_EVENT_LINK, _LINK_COLUMNS, links),
+            (_SENSOR_REPORT, _SENSOR_COLUMNS, reports),
+        ):
+            if not values:
+                continue
+            names = ("event_id", "tenant_id", *columns)
+            connection = self.session.connection()
+            if self.dialect.name == "postgresql":
+                connection.exec_driver_sql(_pg_insert(table, names), _columns(values))
+            else:
+                marks = ", ".join("?" * len(names))
+                sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"  # noqa: S608 - names from the models
+                connection.exec_driver_sql(sql, values)
+
+    def commit(self) -> None:
+        if self.savepoint is not None and self.savepoint.is_active:
+            self.savepoint.commit()
+
+    def discard(self) -> None:
+        """Undo every event written (the job row, outside the savepoint, stays)."""
+        if self.savepoint is not None and self.savepoint.is_active:
+            self.savepoint.rollback()
+        self.stored, self.duplicates, self.seen = [], 0, set()
+
+
+def _tokens(value: str) -> tuple[dt.datetime, str]:
+    try:
+        created, _, job_id = base64.urlsafe_b64decode(value.encode() + b"==").decode().partition("|")
+        moment = dt.datetime.fromisoformat(created)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Invalid("nextPageToken is not one this server gave", code="bad_page_token") from None
+    if moment.tzinfo is None or not job_id:
+        raise Invalid("nextPageToken is not one this server gave", code="bad_page_token")
+    return moment, job_id
+
+
+def _token(job: CaptureJob) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class CaptureService:
+    """Capture jobs of the principal's tenant (platform operators: any tenant)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # --- capture
+
+    def capture(
+        self,
+        actor: Principal,
+        data: bytes,
+        *,
+        syntax: Syntax | None = None,
+        mode: str = "rollback",
+        tenant_id: str | None = None,
+    ) -> CaptureJob:
+        """Capture a document; the job returned is finished (its `success` says how it went)."""
+        actor.require("traceability.write")
+        if mode not in MODES:
+            raise Invalid(f"capture error behaviour must be one of {', '.join(MODES)}, not {mode!r}", code="bad_mode")
+        tenant = self._tenant_for(actor, tenant_id)
+        check = self._check(data, syntax)
+        events = check.document.events
+        if len(events) > CAPTURE_LIMIT:
+            raise CaptureTooLarge(f"{len(events)} events in one capture; at most {CAPTURE_LIMIT} are taken")
+        job = CaptureJob(
+            id=new_id(),
+            tenant_id=tenant,
+            mode=mode,
+            running=True,
+            success=False,
+            event_count=len(events),
+            captured_count=0,
+            duplicate_count=0,
+            errors=[],
+            created_by=actor.label[:ACTOR_LENGTH],
+            created_at=utcnow(),
+        )
+        self.session.add(job)
+        self.session.flush()
+        issues: list[ValidationIssue] = []
+        writer = _Writer(self.session, tenant, job.id, check)
+        refused: ValidationIssue | None = None
+        for chunk in prepared_chunks(check):
+            issues += [ValidationIssue(where, message) for e in chunk for where, message in e.problems]
+            if refused is not None or (issues and mode == "rollback"):
+                continue  # every problem is still reported; nothing more is written
+            try:
+                writer.write([e for e in chunk if not e.problems])
+            except DBAPIError as err:
+                writer.discard()
+                refused = ValidationIssue("", f"the repository refused the events: {type(err.orig).__name__}")
+        if refused is not None:
+            issues.append(refused)
+        if (issues and mode == "rollback") or refused is not None:
+            writer.discard()
+        else:
+            writer.commit()
+        return self._finish(job, issues, stored=len(writer.stored), duplicates=writer.duplicates)
+
+    def capture_event(
+        self, actor: Principal, data: bytes, *, syntax: Syntax | None = None, tenant_id: str | None = None
+    ) -> Event:
+        """Capture one event given on its own (`POST /events`): stored, or refused whole; a duplicate conflicts."""
+        actor.require("traceability.write")
+        tenant = self._tenant_for(actor, tenant_id)
+        check = self._check(data, syntax)
+        if check.document.type not in EVENT_TYPES:
+            raise DocumentRejected(
+                "one event is expected here, not a document; capture documents at /capture",
+                [ValidationIssue("/type", f"{check.document.type} is not an event type")],
+            )
+        [event] = [e for chunk in prepared_chunks(check) for e in chunk]
+        if event.problems:
+            issues = [ValidationIssue(where, message) for where, message in event.problems]
+            raise DocumentRejected(f"the event is invalid: {issues[0].location or '/'}: {issues[0].message}", issues)
+        writer = _Writer(self.session, tenant, None, check)
+        writer.write([event])
+        writer.commit()
+        if not writer.stored:
+            existing = self.session.scalar(
+                select(Event.event_id).where(Event.tenant_id == tenant, Event.event_hash == event.event_hash)
+            )
+            raise Conflict("this event is captured already", code="event_exists", eventID=existing)
+        row = self.session.get(Event, writer.stored[0])
+        if row is None:  # pragma: no cover - inserted in this transaction
+            raise NotFound("the event just stored is missing")
+        return row
+
+    def _check(self, data: bytes, syntax: Syntax | None) -> DocumentCheck:
+        if len(data) > CAPTURE_FILE_SIZE_LIMIT:
+            raise CaptureTooLarge(f"document of {len(data)} bytes; at most {CAPTURE_FILE_SIZE_LIMIT} are taken")
+        try:
+            check = check_document(data, syntax, max_bytes=CAPTURE_FILE_SIZE_LIMIT)
+        except EpcisFormatError as err:
+            raise DocumentRejected(str(err), [ValidationIssue("", str(err))]) from None
+        if check.document_issues:
+            first = check.document_issues[0]
+            count = len(check.document_issues)
+            raise DocumentRejected(
+                f"{count} problem{'s' if count > 1 else ''} in the document; first at {first.location or '/'}: "
+                f"{first.message}",
+                check.document_issues,
+            )
+        return check
+
+    def _finish(self, job: CaptureJob, issues: list[ValidationIssue], *, stored: int, duplicates: int) -> CaptureJob:
+        job.errors = reported(issues)
+        job.success = not issues
+        job.running = False
+        job.captured_count = stored
+        job.duplicate_count = duplicates
+        job.finished_at = utcnow()
+        self.session.flush()
+        return job
+
+    # --- jobs
+
+    def _tenant_for(self, actor: Principal, tenant_id: str | None) -> str:
+        """The tenant events go to: the actor's own, or (platform operators) the one named."""
+        if tenant_id and actor.is_platform and tenant_id != actor.tenant_id:
+            return AccessService(self.session).get_tenant(tenant_id, actor).id
+        if not actor.tenant_id:
+            raise Invalid("name the tenant to act in", code="tenant_required")
+        return actor.tenant_id
+
+    def job(self, actor: Principal, job_id: str) -> CaptureJob:
+        actor.require("traceability.read")
+        job = self.session.get(CaptureJob, job_id)
+        if job is None or not (actor.is_platform or job.tenant_id == actor.tenant_id):
+            raise NotFound(f"capture job '{job_id}' not found")
+        return job
+
+    def jobs(
+        self, actor: Principal, *, per_page: int = 30, page_token: str | None = None, tenant_id: str | None = None
+    ) -> JobPage:
+        """Capture jobs, newest first, a page at a time (keyset: the token names the last job shown)."""
+        actor.require("traceability.read")
+        query = select(CaptureJob)
+        scope = (tenant_id or None) if actor.is_platform else actor.tenant_id
+        if scope is not None:
+            query = query.where(CaptureJob.tenant_id == scope)
+        if page_token:
+            created, last_id = _tokens(page_token)
+            query = query.where(
+                or_(
+                    CaptureJob.created_at < created,
+                    and_(CaptureJob.created_at == created, CaptureJob.id < last_id),
+                )
+            )
+        query = query.order_by(CaptureJob.created_at.desc(), CaptureJob.id.desc()).limit(per_page + 1)
+        jobs = list(self.session.scalars(query))
+        if len(jobs) > per_page:
+            return JobPage(jobs[:per_page], _token(jobs[per_page - 1]))
+        return JobPage(jobs, None)
