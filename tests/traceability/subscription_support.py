@@ -1,0 +1,141 @@
+"""A real HTTP receiver for subscription deliveries, and what the subscription tests share."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import itertools
+import json
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Received:
+    """One POST as the receiver got it, with the status it answered."""
+
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def document(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.body)
+        return document
+
+    @property
+    def results(self) -> dict[str, Any]:
+        results: dict[str, Any] = self.document["epcisBody"]["queryResults"]
+        return results
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [event["eventID"] for event in self.results["resultsBody"]["eventList"]]
+
+    def signed_with(self, key: str) -> bool:
+        """Whether GS1-Signature is HMAC-SHA256 under `key` of "<t>." and the body, computed here independently."""
+        fields = dict(part.split("=", 1) for part in self.headers["gs1-signature"].split(","))
+        expected = hmac.new(key.encode(), fields["t"].encode() + b"." + self.body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, fields["sha256"])
+
+
+class Receiver:
+    """Records every POST and answers the statuses queued with `answer` in turn, then 200."""
+
+    def __init__(self, server: ThreadingHTTPServer) -> None:
+        self.server = server
+        self.received: list[Received] = []
+        self._statuses: deque[int] = deque()
+        self._changed = threading.Condition()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/epcis/callback"
+
+    def answer(self, *statuses: int) -> None:
+        with self._changed:
+            self._statuses.extend(statuses)
+
+    def record(self, headers: dict[str, str], body: bytes) -> int:
+        with self._changed:
+            status = self._statuses.popleft() if self._statuses else 200
+            self.received.append(Received(headers, body, status))
+            self._changed.notify_all()
+            return status
+
+    def wait_for(self, count: int, *, timeout: float = 30.0) -> list[Received]:
+        """The first `count` requests, once they have come (an assertion error if they do not)."""
+        with self._changed:
+            arrived = self._changed.wait_for(lambda: len(self.received) >= count, timeout)
+            assert arrived, f"{len(self.received)} deliveries arrived, {count} expected"
+            return list(self.received[:count])
+
+
+@contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    holder: list[Receiver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            status = holder[0].record({k.lower(): v for k, v in self.headers.items()}, body)
+            answer = b'{"received": true}' if status < 300 else b"receiver says no"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    holder.append(Receiver(server))
+    thread = threading.Thread(target=server.serve_forever, name="subscription-receiver", daemon=True)
+    thread.start()
+    try:
+        yield holder[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class Clock:
+    """A clock the test moves: deliveries read the time from it."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def move(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+    def move_to(self, moment: dt.datetime) -> None:
+        self.now = max(self.now, moment)
+
+
+_numbers = itertools.count(1)
+
+
+def object_event(biz_step: str = "shipping") -> dict[str, Any]:
+    """A valid ObjectEvent of its own: its own eventID, EPC and time (so never a duplicate)."""
+    number = next(_numbers)
+    return {
+        "type": "ObjectEvent",
+        "eventID": f"urn:uuid:{uuid.uuid4()}",
+        "eventTime": f"2024-05-01T08:{number // 60 % 60:02d}:{number % 60:02d}.000+08:00",
+        "eventTimeZoneOffset": "+08:00",
+        "action": "OBSERVE",
+        "epcList": [f"urn:epc:id:sgtin:0614141.107346.{number}"],
+        "bizStep": biz_step,
+    }
