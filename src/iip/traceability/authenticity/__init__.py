@@ -1,0 +1,1 @@
+"""Anti-counterfeit codes: serialised GS1 Digital Links signed with the tenant's Ed25519 key, and their verification."""
