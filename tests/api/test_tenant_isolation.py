@@ -45,7 +45,7 @@ EVENT_STREAMS = ("/events", "/api/alarms/feed")  # server-sent events: read up t
 
 
 def is_api(path: str) -> bool:
-    return path.startswith("/api/")
+    return path.startswith(("/api/", "/epcis/"))  # the EPCIS REST binding is an API too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +179,25 @@ from tests.alarms.notify.isolation_kinds import NOTIFY_KINDS  # noqa: E402
 
 OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in ALARM_KINDS.items()})
 OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in NOTIFY_KINDS.items()})
-PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES
+from tests.traceability.capture_isolation_kinds import CAPTURE_KINDS  # noqa: E402
+from tests.traceability.isolation_kinds import GENEALOGY_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in GENEALOGY_KINDS.items()})
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in CAPTURE_KINDS.items()})
+from tests.traceability.query_isolation_kinds import QUERY_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in QUERY_KINDS.items()})
+from tests.traceability.subscription_isolation_kinds import SUBSCRIPTION_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in SUBSCRIPTION_KINDS.items()})
+from tests.traceability.authenticity_isolation_kinds import AUTHENTICITY_KINDS  # noqa: E402
+from tests.traceability.authenticity_isolation_kinds import PUBLIC_ROUTES as CODE_PUBLIC_ROUTES  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in AUTHENTICITY_KINDS.items()})
+PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES | CODE_PUBLIC_ROUTES
+from tests.traceability.profiles_isolation_kinds import PUBLIC_ROUTES as PROFILE_ROUTES  # noqa: E402
+
+PUBLIC_ROUTES = PUBLIC_ROUTES | PROFILE_ROUTES
 
 
 @pytest.fixture
