@@ -363,9 +363,10 @@ class TimeSeriesStore:
                 raise Invalid(f"device keys must be 1-{MAX_DEVICE_LENGTH} characters without NUL")
             if not metric or len(metric) > MAX_METRIC_LENGTH or "\x00" in metric:
                 raise Invalid(f"metric names must be 1-{MAX_METRIC_LENGTH} characters without NUL")
+        # In key order, so writers creating the same new series lock them in one order (no deadlock).
         tx.executemany(
             "INSERT INTO telemetry_series (tenant_id, device, metric) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            [(tenant, device, metric) for device, metric in missing],
+            [(tenant, device, metric) for device, metric in sorted(missing)],
         )
         devices = sorted({device for device, _ in missing})
         subquery, param = self._string_set(devices)
