@@ -56,7 +56,8 @@ def fuzz_app(runtime: Runtime) -> Iterator[FastAPI]:
 @pytest.fixture
 def fuzz_schema(fuzz_app: FastAPI) -> BaseSchema:
     config = SchemathesisConfig.from_dict({"seed": SEED, "generation": {"mode": "all"}})
-    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app, config=config)
+    # Building the schema of every route takes seconds on a busy machine; the client's 10 s default is tight.
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app, config=config, timeout=120)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -287,139 +288,107 @@ MEMBERS = {**COLLECTION, **problem_responses(401, 403, 422)}
 EVENTS = {**QUERY_DOCUMENT, **problem_responses(401, 403, 404, 406, 422)}
 
 
-@router.get("/eventTypes", responses=MEMBERS)
-def list_event_types(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> JSONResponse:
-    """The event types: the five of EPCIS and any extension type the tenant's events have."""
-    return _members(request, session, actor, "eventTypes", next_page_token, per_page, tenant_id)
+@dataclass(frozen=True)
+class ResourceRoutes:
+    """One top-level resource's two routes: its members, and the events of one member."""
+
+    resource: str  # a key of RESOURCES, also the path
+    parameter: str  # the member's path parameter
+    list_name: str  # route names give the operation ids (`traceability.<name>`)
+    events_name: str
+    list_doc: str
+    events_doc: str
 
 
-@router.get("/eventTypes/{event_type:path}/events", responses=EVENTS, openapi_extra=QUERY_STRING)
-def event_type_events(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    event_type: PathValue,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> Response:
-    """Events of one type, filtered further by the query string (404 for a type no event has)."""
-    return _member_events(request, session, actor, "eventTypes", event_type, next_page_token, per_page, tenant_id)
+RESOURCE_ROUTES = (
+    ResourceRoutes(
+        "eventTypes",
+        "event_type",
+        "list_event_types",
+        "event_type_events",
+        "The event types: the five of EPCIS and any extension type the tenant's events have.",
+        "Events of one type, filtered further by the query string (404 for a type no event has).",
+    ),
+    ResourceRoutes(
+        "bizSteps",
+        "biz_step",
+        "list_biz_steps",
+        "biz_step_events",
+        "The business steps: CBV's (by bare name) and the private ones the tenant's events use.",
+        "Events of one business step (bare CBV name, URN, web URI or private URI), filtered further.",
+    ),
+    ResourceRoutes(
+        "dispositions",
+        "disposition",
+        "list_dispositions",
+        "disposition_events",
+        "The dispositions: CBV's (by bare name) and the private ones the tenant's events use.",
+        "Events of one disposition, filtered further by the query string.",
+    ),
+    ResourceRoutes(
+        "bizLocations",
+        "biz_location",
+        "list_biz_locations",
+        "biz_location_events",
+        "The business locations the tenant's events name (canonical Digital Links), in order.",
+        "Events at one business location (URN or Digital Link), filtered further by the query string.",
+    ),
+    ResourceRoutes(
+        "readPoints",
+        "read_point",
+        "list_read_points",
+        "read_point_events",
+        "The read points the tenant's events name (canonical Digital Links), in order.",
+        "Events read at one read point (URN or Digital Link), filtered further by the query string.",
+    ),
+)
 
 
-@router.get("/bizSteps", responses=MEMBERS)
-def list_biz_steps(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> JSONResponse:
-    """The business steps: CBV's (by bare name) and the private ones the tenant's events use."""
-    return _members(request, session, actor, "bizSteps", next_page_token, per_page, tenant_id)
+def _add_resource_routes(routes: ResourceRoutes) -> None:
+    name = routes.resource
+
+    def list_members(
+        request: Request,
+        actor: Reader,
+        session: DbSession,
+        per_page: PerPage = DEFAULT_PER_PAGE,
+        next_page_token: PageToken = None,
+        tenant_id: TenantParam = None,
+    ) -> JSONResponse:
+        return _members(request, session, actor, name, next_page_token, per_page, tenant_id)
+
+    def member_events(
+        request: Request,
+        actor: Reader,
+        session: DbSession,
+        value: PathValue,
+        per_page: PerPage = DEFAULT_PER_PAGE,
+        next_page_token: PageToken = None,
+        tenant_id: TenantParam = None,
+    ) -> Response:
+        return _member_events(request, session, actor, name, value, next_page_token, per_page, tenant_id)
+
+    # The path parameter keeps the resource's own name (`biz_step`, ...) in the OpenAPI document.
+    member_events.__annotations__["value"] = Annotated[
+        str, Path(alias=routes.parameter, min_length=1, max_length=2000, pattern=NO_NUL)
+    ]
+
+    router.add_api_route(
+        f"/{name}", list_members, methods=["GET"], name=routes.list_name, description=routes.list_doc, responses=MEMBERS
+    )
+    router.add_api_route(
+        f"/{name}/{{{routes.parameter}:path}}/events",
+        member_events,
+        methods=["GET"],
+        name=routes.events_name,
+        description=routes.events_doc,
+        responses=EVENTS,
+        openapi_extra=QUERY_STRING,
+    )
 
 
-@router.get("/bizSteps/{biz_step:path}/events", responses=EVENTS, openapi_extra=QUERY_STRING)
-def biz_step_events(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    biz_step: PathValue,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> Response:
-    """Events of one business step (bare CBV name, URN, web URI or private URI), filtered further."""
-    return _member_events(request, session, actor, "bizSteps", biz_step, next_page_token, per_page, tenant_id)
-
-
-@router.get("/dispositions", responses=MEMBERS)
-def list_dispositions(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> JSONResponse:
-    """The dispositions: CBV's (by bare name) and the private ones the tenant's events use."""
-    return _members(request, session, actor, "dispositions", next_page_token, per_page, tenant_id)
-
-
-@router.get("/dispositions/{disposition:path}/events", responses=EVENTS, openapi_extra=QUERY_STRING)
-def disposition_events(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    disposition: PathValue,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> Response:
-    """Events of one disposition, filtered further by the query string."""
-    return _member_events(request, session, actor, "dispositions", disposition, next_page_token, per_page, tenant_id)
-
-
-@router.get("/bizLocations", responses=MEMBERS)
-def list_biz_locations(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> JSONResponse:
-    """The business locations the tenant's events name (canonical Digital Links), in order."""
-    return _members(request, session, actor, "bizLocations", next_page_token, per_page, tenant_id)
-
-
-@router.get("/bizLocations/{biz_location:path}/events", responses=EVENTS, openapi_extra=QUERY_STRING)
-def biz_location_events(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    biz_location: PathValue,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> Response:
-    """Events at one business location (URN or Digital Link), filtered further by the query string."""
-    return _member_events(request, session, actor, "bizLocations", biz_location, next_page_token, per_page, tenant_id)
-
-
-@router.get("/readPoints", responses=MEMBERS)
-def list_read_points(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> JSONResponse:
-    """The read points the tenant's events name (canonical Digital Links), in order."""
-    return _members(request, session, actor, "readPoints", next_page_token, per_page, tenant_id)
-
-
-@router.get("/readPoints/{read_point:path}/events", responses=EVENTS, openapi_extra=QUERY_STRING)
-def read_point_events(
-    request: Request,
-    actor: Reader,
-    session: DbSession,
-    read_point: PathValue,
-    per_page: PerPage = DEFAULT_PER_PAGE,
-    next_page_token: PageToken = None,
-    tenant_id: TenantParam = None,
-) -> Response:
-    """Events read at one read point (URN or Digital Link), filtered further by the query string."""
-    return _member_events(request, session, actor, "readPoints", read_point, next_page_token, per_page, tenant_id)
+for _routes in RESOURCE_ROUTES:
+    _add_resource_routes(_routes)
 
 
 # --- named queries
