@@ -88,11 +88,19 @@ def test_navigation_follows_the_role(client: TestClient, runtime: Runtime, tenan
     devices = ["/devices", "/devices/profiles", "/devices/dead-letters"]
     alarms = ["/alarms", "/alarms/history", "/alarms/rules", "/alarms/report"]
     access = ["/access/users", "/access/api-keys", "/access/audit"]
-    traceability = ["/traceability/codes", "/traceability/code-alerts"]
-    assert nav_links(client.get("/").text) == ["/", *access, *devices, *alarms, *identifiers, *traceability]
+    analytics = ["/analytics/models", "/analytics/spc"]
+    traceability = [
+        "/traceability/capture",
+        "/traceability/events",
+        "/traceability/trace",
+        "/traceability/recall",
+        "/traceability/codes",
+        "/traceability/code-alerts",
+    ]
+    assert nav_links(client.get("/").text) == ["/", *access, *devices, *alarms, *analytics, *identifiers, *traceability]
     client.cookies.clear()
     sign_in(client, "audrey", PASSWORD)
-    readable = [*devices, *alarms, "/identifiers/search", "/identifiers/filings", *traceability]
+    readable = [*devices, *alarms, *analytics, "/identifiers/search", "/identifiers/filings", *traceability]
     assert nav_links(client.get("/").text) == ["/", "/access/audit", *readable]
     client.cookies.clear()
     sign_in(client, "vera", PASSWORD)

@@ -1,4 +1,4 @@
-"""Entries for `OBJECT_KINDS` in tests/api/test_tenant_isolation.py: the capture job route.
+"""Entries for `OBJECT_KINDS` in tests/api/test_tenant_isolation.py: the capture job routes (API and console).
 
 Shaped as keyword arguments of that module's `ObjectKind`. Tenant B captures, in `proceed` mode, a
 document with one event whose business step is a CBV URN naming the marker: no such step exists,
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tests.api.test_tenant_isolation import Created, World
 
 CAPTURE_JOB = "/epcis/capture/{capture_id}"
+CAPTURE_JOB_PAGE = "/traceability/capture/{job_id}"
 
 
 def tenant_b_capture_job(world: World) -> Created:
@@ -37,6 +38,15 @@ def tenant_b_capture_job(world: World) -> Created:
     return Created({"capture_id": job["captureID"]}, mark)
 
 
+def tenant_b_capture_job_page(world: World) -> Created:
+    from tests.api.test_tenant_isolation import Created
+
+    created = tenant_b_capture_job(world)
+    job_id = created.params["capture_id"]
+    return Created({"job_id": job_id, "capture_id": job_id}, created.marker)
+
+
 CAPTURE_KINDS: dict[str, dict[str, Any]] = {
     CAPTURE_JOB: {"create": tenant_b_capture_job, "read": CAPTURE_JOB},
+    CAPTURE_JOB_PAGE: {"create": tenant_b_capture_job_page, "read": CAPTURE_JOB},
 }

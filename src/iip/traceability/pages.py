@@ -10,10 +10,13 @@ from fastapi import APIRouter
 
 from iip.traceability.authenticity.pages import PAGES as AUTHENTICITY_PAGES
 from iip.traceability.authenticity.pages import pages_router as authenticity_pages
+from iip.traceability.workbench.pages import PAGES as WORKBENCH_PAGES
+from iip.traceability.workbench.pages import pages_router as workbench_pages
 
 TEMPLATE_DIR = str(Path(__file__).parent / "templates")
 
 pages_router = APIRouter(include_in_schema=False)
+pages_router.include_router(workbench_pages)
 pages_router.include_router(authenticity_pages)
 
-PAGES = (*AUTHENTICITY_PAGES,)
+PAGES = (*WORKBENCH_PAGES, *AUTHENTICITY_PAGES)
