@@ -23,73 +23,28 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, cast
 
-import orjson
-from sqlalchemy import JSON, Column, Table, TypeDecorator, and_, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from iip.kernel.auth import AccessService, Principal, new_id
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, DomainError, Invalid, NotFound
+from iip.traceability.capture_storage import RepositoryRefused, insert_events, insert_lookups
 from iip.traceability.capture_validation import DocumentCheck, Syntax, check_document
-from iip.traceability.capture_workers import Prepared, prepared_chunks
+from iip.traceability.capture_workers import JobRows, Row, Stored, dumps, prepared_chunks, stored_time
 from iip.traceability.epcis.documents import EVENT_TYPES, MAX_DOCUMENT_BYTES, EpcisFormatError
 from iip.traceability.epcis.validation import ValidationIssue
-from iip.traceability.models import ACTOR_LENGTH, CaptureJob, Event, EventEpc, EventLink, SensorReport
+from iip.traceability.models import ACTOR_LENGTH, CaptureJob, Event
 from iip.traceability.subscription_signal import announce_capture
 
 MODES = ("rollback", "proceed")
 CAPTURE_LIMIT = 20_000  # events per document (GS1-EPCIS-Capture-Limit)
 CAPTURE_FILE_SIZE_LIMIT = MAX_DOCUMENT_BYTES  # bytes per document (GS1-EPCIS-Capture-File-Size-Limit)
 MAX_REPORTED_ERRORS = 1_000  # problems kept per job or refusal; a last one says how many more there were
-
-_EVENT = cast("Table", Event.__table__)
-_EVENT_EPC = cast("Table", EventEpc.__table__)
-_EVENT_LINK = cast("Table", EventLink.__table__)
-_SENSOR_REPORT = cast("Table", SensorReport.__table__)
-# Column names of the indexed tuples `capture_workers.Prepared` carries, in `indexing`'s field order.
-_EVENT_COLUMNS = (
-    "event_type",
-    "event_time",
-    "event_time_zone_offset",
-    "action",
-    "biz_step",
-    "disposition",
-    "read_point",
-    "biz_location",
-)
-_EPC_COLUMNS = ("role", "epc", "quantity", "uom")
-_LINK_COLUMNS = ("kind", "type", "value")
-_SENSOR_COLUMNS = (
-    "type",
-    "device_id",
-    "time",
-    "value",
-    "min_value",
-    "max_value",
-    "mean_value",
-    "uom",
-    "string_value",
-    "boolean_value",
-)
-
-
-def _columns(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
-    """Rows turned into one list per column (what `unnest` takes)."""
-    return tuple(list(column) for column in zip(*rows, strict=True))
-
-
-def _dumps(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # integers past 64 bits, which the JSON reader keeps
-        return json.dumps(value)
 
 
 class DocumentRejected(DomainError):
@@ -124,152 +79,51 @@ class JobPage:
     next_token: str | None
 
 
-_EVENT_ROW = (
-    "tenant_id",
-    "event_id",
-    "event_hash",
-    *_EVENT_COLUMNS,
-    "record_time",
-    "capture_job_id",
-    "body",
-    "context",
-)
-_EVENTS_PER_INSERT = 500  # rows per multi-row INSERT on SQLite: 15 parameters each, within its 32,766
-_ON_CONFLICT = "ON CONFLICT (tenant_id, event_hash) DO NOTHING RETURNING id, event_hash"
-
-
-def _pg_array(column: Column[Any]) -> str:
-    """The PostgreSQL array type a column's values are sent in (JSON goes as text and is cast)."""
-    kind = column.type
-    if isinstance(kind, TypeDecorator):
-        kind = kind.impl_instance
-    for python_type, array in ((bool, "boolean"), (int, "bigint"), (float, "float8"), (dt.datetime, "timestamptz")):
-        try:
-            if kind.python_type is python_type:
-                return array
-        except NotImplementedError:  # JSON has no single Python type
-            break
-    return "text"
-
-
-@lru_cache(maxsize=32)
-def _sqlite_event_insert(rows: int) -> str:
-    """A multi-row INSERT of event rows that skips one whose hash the tenant holds (a concurrent
-    capture's too) and returns the id and hash of each row written."""
-    row = f"({', '.join('?' * len(_EVENT_ROW))})"
-    values = ", ".join([row] * rows)
-    return f"INSERT INTO {_EVENT.name} ({', '.join(_EVENT_ROW)}) VALUES {values} {_ON_CONFLICT}"  # noqa: S608 - names from the models
-
-
-@lru_cache(maxsize=8)
-def _pg_insert(table: Table, names: tuple[str, ...], returning: str = "") -> str:
-    """An INSERT of many rows sent as one array per column (`unnest`): one statement and a handful of
-    parameters however many rows, which psycopg and PostgreSQL take much faster than as many rows."""
-    arrays = ", ".join(f"%s::{_pg_array(table.c[name])}[]" for name in names)
-    columns = ", ".join(f"{name}::json" if isinstance(table.c[name].type, JSON) else name for name in names)
-    # Table and column names come from the models, values are bound.
-    return (
-        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {columns} "  # noqa: S608
-        f"FROM unnest({arrays}) AS given({', '.join(names)}) {returning}"
-    )
-
-
 class _Writer:
-    """Writes one job's events, chunk by chunk, in one savepoint; counts what it stored and dropped."""
+    """Writes one job's prepared events, chunk by chunk, in one savepoint; counts what it stored and dropped."""
 
     def __init__(self, session: Session, tenant_id: str, job_id: str | None, check: DocumentCheck) -> None:
         self.session = session
         self.tenant_id = tenant_id
-        self.job_id = job_id
-        self.events = check.document.events
-        self.context = check.document.context
-        self.record_time = utcnow()
-        self.dialect = session.get_bind().dialect
-        # The column type's conversion for this database (SQLite keeps UTC times as text in its own format).
-        to_time = _EVENT.c.event_time.type.dialect_impl(self.dialect).bind_processor(self.dialect)
-        self.to_time: Callable[[Any], Any] = to_time or (lambda value: value)
+        text_times = session.get_bind().dialect.name != "postgresql"
+        # Every row of the job carries these; the workers put them in, in the form the database takes.
+        self.job = JobRows(
+            tenant_id, job_id, stored_time(utcnow(), text_times), dumps(check.document.context), text_times
+        )
         self.seen: set[str] = set()  # hashes of this document written or dropped so far
         self.stored: list[int] = []  # row ids, in document order
         self.duplicates = 0
         self.savepoint: SessionTransaction | None = None
 
-    def write(self, chunk: Sequence[Prepared]) -> None:
+    def write(self, chunk: Sequence[Stored]) -> None:
         if self.savepoint is None or not self.savepoint.is_active:
             self.savepoint = self.session.begin_nested()
-        fresh: list[Prepared] = []
+        fresh: list[Stored] = []
+        seen = self.seen
         for event in chunk:
-            if event.event_hash in self.seen:
+            if event[0] in seen:
                 self.duplicates += 1  # the first of a document's duplicates is kept
             else:
-                self.seen.add(event.event_hash)
+                seen.add(event[0])
                 fresh.append(event)
         if not fresh:
             return
-        # Plain SQL: SQLAlchemy's per-row work costs more than the database's. Times and JSON are
-        # converted once per value the way the column types do it (orjson for the JSON).
-        to_time = self.to_time
-        head = (self.tenant_id,)
-        tail = (to_time(self.record_time), self.job_id)
-        context = _dumps(self.context)
-        rows = [
-            (
-                *head,
-                e.event_id,
-                e.event_hash,
-                e.columns[0],
-                to_time(e.columns[1]),
-                *e.columns[2:],
-                *tail,
-                _dumps(self.events[e.position]),
-                context,
-            )
-            for e in fresh
-        ]
-        connection = self.session.connection()
-        ids: dict[str, int] = {}
-        if self.dialect.name == "postgresql":
-            written = connection.exec_driver_sql(_pg_insert(_EVENT, _EVENT_ROW, _ON_CONFLICT), _columns(rows))
-            ids.update((row[1], row[0]) for row in written)
-        else:
-            for at in range(0, len(rows), _EVENTS_PER_INSERT):
-                batch = rows[at : at + _EVENTS_PER_INSERT]
-                parameters = tuple(value for row in batch for value in row)
-                ids.update(
-                    (row[1], row[0]) for row in connection.exec_driver_sql(_sqlite_event_insert(len(batch)), parameters)
-                )
-        new = [e for e in fresh if e.event_hash in ids]
-        self.duplicates += len(fresh) - len(new)
-        self._insert_lookups([(ids[e.event_hash], e) for e in new])
-        self.stored += [ids[e.event_hash] for e in new]
-        announce_capture(self.session, self.tenant_id)  # wakes subscription deliveries once committed
-
-    def _insert_lookups(self, stored: list[tuple[int, Prepared]]) -> None:
-        """The lookup rows in plain SQL (SQLAlchemy's per-row work would cost more than the database's):
-        an executemany on SQLite, arrays on PostgreSQL. Times go through the column type's conversion."""
-        tenant_id = self.tenant_id
-        epcs = [(row_id, tenant_id, *row) for row_id, e in stored for row in e.epcs]
-        links = [(row_id, tenant_id, *row) for row_id, e in stored for row in e.links]
-        to_time = self.to_time
-        reports = [
-            (row_id, tenant_id, row[0], row[1], to_time(row[2]), *row[3:])
-            for row_id, e in stored
-            for row in e.sensor_reports
-        ]
-        for table, columns, values in (
-            (_EVENT_EPC, _EPC_COLUMNS, epcs),
-            (_EVENT_LINK, _LINK_COLUMNS, links),
-            (_SENSOR_REPORT, _SENSOR_COLUMNS, reports),
-        ):
-            if not values:
+        ids = insert_events(self.session, [event[1] for event in fresh])
+        epcs: list[Row] = []
+        links: list[Row] = []
+        reports: list[Row] = []
+        for event_hash, _, event_epcs, event_links, event_reports in fresh:
+            row_id = ids.get(event_hash)
+            if row_id is None:  # the tenant holds it already
+                self.duplicates += 1
                 continue
-            names = ("event_id", "tenant_id", *columns)
-            connection = self.session.connection()
-            if self.dialect.name == "postgresql":
-                connection.exec_driver_sql(_pg_insert(table, names), _columns(values))
-            else:
-                marks = ", ".join("?" * len(names))
-                sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"  # noqa: S608 - names from the models
-                connection.exec_driver_sql(sql, values)
+            self.stored.append(row_id)
+            last = (row_id,)
+            epcs += [row + last for row in event_epcs]
+            links += [row + last for row in event_links]
+            reports += [row + last for row in event_reports]
+        insert_lookups(self.session, (epcs, links, reports))
+        announce_capture(self.session, self.tenant_id)  # wakes subscription deliveries once committed
 
     def commit(self) -> None:
         if self.savepoint is not None and self.savepoint.is_active:
@@ -342,15 +196,16 @@ class CaptureService:
         issues: list[ValidationIssue] = []
         writer = _Writer(self.session, tenant, job.id, check)
         refused: ValidationIssue | None = None
-        for chunk in prepared_chunks(check):
-            issues += [ValidationIssue(where, message) for e in chunk for where, message in e.problems]
+        for chunk in prepared_chunks(check, writer.job):
+            issues += [ValidationIssue(where, message) for where, message in chunk.problems]
             if refused is not None or (issues and mode == "rollback"):
                 continue  # every problem is still reported; nothing more is written
             try:
-                writer.write([e for e in chunk if not e.problems])
-            except DBAPIError as err:
+                writer.write(chunk.stored)
+            except (DBAPIError, RepositoryRefused) as err:
                 writer.discard()
-                refused = ValidationIssue("", f"the repository refused the events: {type(err.orig).__name__}")
+                reason = type(err.orig).__name__ if isinstance(err, DBAPIError) else err.reason
+                refused = ValidationIssue("", f"the repository refused the events: {reason}")
         if refused is not None:
             issues.append(refused)
         if (issues and mode == "rollback") or refused is not None:
@@ -371,16 +226,17 @@ class CaptureService:
                 "one event is expected here, not a document; capture documents at /capture",
                 [ValidationIssue("/type", f"{check.document.type} is not an event type")],
             )
-        [event] = [e for chunk in prepared_chunks(check) for e in chunk]
-        if event.problems:
-            issues = [ValidationIssue(where, message) for where, message in event.problems]
-            raise DocumentRejected(f"the event is invalid: {issues[0].location or '/'}: {issues[0].message}", issues)
         writer = _Writer(self.session, tenant, None, check)
-        writer.write([event])
+        [chunk] = prepared_chunks(check, writer.job)
+        if chunk.problems:
+            issues = [ValidationIssue(where, message) for where, message in chunk.problems]
+            raise DocumentRejected(f"the event is invalid: {issues[0].location or '/'}: {issues[0].message}", issues)
+        writer.write(chunk.stored)
         writer.commit()
         if not writer.stored:
+            event_hash = chunk.stored[0][0]
             existing = self.session.scalar(
-                select(Event.event_id).where(Event.tenant_id == tenant, Event.event_hash == event.event_hash)
+                select(Event.event_id).where(Event.tenant_id == tenant, Event.event_hash == event_hash)
             )
             raise Conflict("this event is captured already", code="event_exists", eventID=existing)
         row = self.session.get(Event, writer.stored[0])

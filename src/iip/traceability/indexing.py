@@ -144,7 +144,8 @@ def parse_time(value: Any) -> dt.datetime | None:
     text = value.strip()
     if text[-1:] in ("Z", "z"):
         text = text[:-1] + "+00:00"
-    text = _FRACTION.sub(r"\1", text)  # fromisoformat takes at most 6 fraction digits
+    if _FRACTION.search(text):  # fromisoformat takes at most 6 fraction digits
+        text = _FRACTION.sub(r"\1", text)
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -155,6 +156,8 @@ def parse_time(value: Any) -> dt.datetime | None:
 
 
 def _number(value: Any) -> float | None:
+    if type(value) is float:
+        return value
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -163,8 +166,40 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def _members(value: Any) -> Any:
+    """What a field meant to hold a list is walked over: nothing for a number, which the schema refuses
+    (walking it would raise); a list, text or object as it is."""
+    return () if not value or isinstance(value, int | float) else value
+
+
+@lru_cache(maxsize=4_096)
+def _plain_vocabulary_uri(text: str, kind: str) -> str:
+    """`vocabulary_uri` of a stripped value whose prefix the document's context does not bind (cached)."""
+    return normalise_vocabulary(_expand_curie(text, {}), kind)
+
+
+@lru_cache(maxsize=4_096)
+def _plain_measurement_type(text: str) -> str:
+    """A stripped measurement type whose prefix the document's context does not bind, as its URI (cached)."""
+    return normalise_measurement_type(_expand_curie(text, {}))
+
+
+# An event's columns and lookup rows as plain tuples, in the field order of the NamedTuples above
+# (what capture stores; `index_event` gives the same as NamedTuples).
+Rows = tuple[
+    tuple[Any, ...],  # EventColumns
+    list[tuple[Any, ...]],  # EpcRow
+    list[tuple[Any, ...]],  # LinkRow
+    list[tuple[Any, ...]],  # SensorRow
+    list[tuple[str, str]],  # problems: (pointer, message)
+]
+
+
 class _Indexer:
-    """Builds one event's rows, noting values a column cannot hold with their pointer."""
+    """Builds one event's rows, noting values a column cannot hold with their pointer.
+
+    A value's pointer is given as steps (`"epcList", 3`) and joined only for a problem: most values have none.
+    """
 
     __slots__ = ("context", "problems")
 
@@ -172,130 +207,180 @@ class _Indexer:
         self.context = context
         self.problems: list[tuple[str, str]] = []
 
-    def fits(self, value: str, limit: int | None, where: str) -> str:
+    def refuse(self, value: str, limit: int | None, where: tuple[str | int, ...]) -> None:
+        """Note why a value does not fit its column (the callers test `len(value) > limit or NUL in value`)."""
+        at = "".join(f"/{step}" for step in where)
         if limit is not None and len(value) > limit:
-            self.problems.append((where, f"longer than the {limit} characters the repository stores"))
+            self.problems.append((at, f"longer than the {limit} characters the repository stores"))
         elif "\x00" in value:
-            self.problems.append((where, "contains a NUL character"))
+            self.problems.append((at, "contains a NUL character"))
+
+    def fits(self, value: str, limit: int | None, *where: str | int) -> str:
+        if (limit is not None and len(value) > limit) or "\x00" in value:
+            self.refuse(value, limit, where)
         return value
 
-    def text(self, value: Any, limit: int, where: str) -> str | None:
-        return self.fits(value.strip(), limit, where) if isinstance(value, str) and value.strip() else None
+    def text(self, value: Any, limit: int, *where: str | int) -> str | None:
+        if isinstance(value, str):
+            text = value.strip()
+            if text:
+                if len(text) > limit or "\x00" in text:
+                    self.refuse(text, limit, where)
+                return text
+        return None
 
-    def identifier(self, value: Any, where: str) -> str | None:
+    def identifier(self, value: Any, *where: str | int) -> str | None:
         if not isinstance(value, str) or not value.strip():
             return None
-        return self.fits(canonical_identifier(value), IDENTIFIER_LENGTH, where)
+        canonical = canonical_identifier(value)
+        if len(canonical) > IDENTIFIER_LENGTH or "\x00" in canonical:
+            self.refuse(canonical, IDENTIFIER_LENGTH, where)
+        return canonical
 
-    def vocabulary(self, value: Any, kind: str, where: str) -> str | None:
-        if not isinstance(value, str) or not value.strip():
+    def vocabulary(self, value: Any, kind: str, *where: str | int) -> str | None:
+        if not isinstance(value, str):
             return None
-        return self.fits(vocabulary_uri(value, kind, self.context), VOCABULARY_LENGTH, where)
+        text = value.strip()
+        if not text:
+            return None
+        if self.context and self.context.get(text.partition(":")[0]):
+            uri = normalise_vocabulary(_expand_curie(text, self.context), kind)
+        else:
+            uri = _plain_vocabulary_uri(text, kind)
+        if len(uri) > VOCABULARY_LENGTH or "\x00" in uri:
+            self.refuse(uri, VOCABULARY_LENGTH, where)
+        return uri
 
     def place(self, event: dict[str, Any], name: str) -> str | None:
         place = event.get(name)
-        return self.identifier(place.get("id"), f"/{name}/id") if isinstance(place, dict) else None
+        return self.identifier(place.get("id"), name, "id") if isinstance(place, dict) else None
 
-    def columns(self, event: dict[str, Any]) -> EventColumns:
+    def columns(self, event: dict[str, Any]) -> tuple[Any, ...]:
         event_time = parse_time(event.get("eventTime"))
         if event_time is None:
             self.problems.append(("/eventTime", "no readable eventTime"))
             event_time = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        return EventColumns(
-            event_type=self.text(event.get("type"), EVENT_TYPE_LENGTH, "/type") or "",
-            event_time=event_time,
-            event_time_zone_offset=self.text(event.get("eventTimeZoneOffset"), OFFSET_LENGTH, "/eventTimeZoneOffset")
-            or "",
-            action=self.text(event.get("action"), ACTION_LENGTH, "/action"),
-            biz_step=self.vocabulary(event.get("bizStep"), "bizStep", "/bizStep"),
-            disposition=self.vocabulary(event.get("disposition"), "disposition", "/disposition"),
-            read_point=self.place(event, "readPoint"),
-            biz_location=self.place(event, "bizLocation"),
+        return (
+            self.text(event.get("type"), EVENT_TYPE_LENGTH, "type") or "",
+            event_time,
+            self.text(event.get("eventTimeZoneOffset"), OFFSET_LENGTH, "eventTimeZoneOffset") or "",
+            self.text(event.get("action"), ACTION_LENGTH, "action"),
+            self.vocabulary(event.get("bizStep"), "bizStep", "bizStep"),
+            self.vocabulary(event.get("disposition"), "disposition", "disposition"),
+            self.place(event, "readPoint"),
+            self.place(event, "bizLocation"),
         )
 
-    def epcs(self, event: dict[str, Any]) -> list[EpcRow]:
-        rows: list[EpcRow] = []
+    def epcs(self, event: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
         seen: set[tuple[str, str]] = set()
         for name, role in INSTANCE_ROLES.items():
             value = event.get(name)
             if value is None:
                 continue
-            values = [value] if name == "parentID" else value if isinstance(value, list) else []
-            for index, item in enumerate(values):
-                where = f"/{name}" if name == "parentID" else f"/{name}/{index}"
-                epc = self.identifier(item, where)
+            if name == "parentID":
+                epc = self.identifier(value, name)
+                if epc is not None:
+                    seen.add((role, epc))
+                    rows.append((role, epc, None, None))
+                continue
+            if not isinstance(value, list):
+                continue
+            for index, item in enumerate(value):
+                epc = self.identifier(item, name, index)
                 if epc is not None and (role, epc) not in seen:
                     seen.add((role, epc))
-                    rows.append(EpcRow(role, epc))
+                    rows.append((role, epc, None, None))
         for name, role in CLASS_ROLES.items():
-            for index, element in enumerate(event.get(name) or ()):
+            elements = event.get(name)
+            if not elements:
+                continue
+            for index, element in enumerate(_members(elements)):
                 if not isinstance(element, dict):
                     continue
-                epc_class = self.identifier(element.get("epcClass"), f"/{name}/{index}/epcClass")
+                epc_class = self.identifier(element.get("epcClass"), name, index, "epcClass")
                 if epc_class is not None:
-                    uom = self.text(element.get("uom"), UOM_LENGTH, f"/{name}/{index}/uom")
-                    rows.append(EpcRow(role, epc_class, _number(element.get("quantity")), uom))
+                    uom = self.text(element.get("uom"), UOM_LENGTH, name, index, "uom")
+                    rows.append((role, epc_class, _number(element.get("quantity")), uom))
         return rows
 
-    def links(self, event: dict[str, Any]) -> list[LinkRow]:
-        rows: list[LinkRow] = []
+    def links(self, event: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
         for name, (kind, key, vocabulary) in LINK_LISTS.items():
-            for index, entry in enumerate(event.get(name) or ()):
+            entries = event.get(name)
+            if not entries:
+                continue
+            for index, entry in enumerate(_members(entries)):
                 if not isinstance(entry, dict):
                     continue
-                value = self.identifier(entry.get(key), f"/{name}/{index}/{key}")
+                value = self.identifier(entry.get(key), name, index, key)
                 if value is not None:
-                    link_type = self.vocabulary(entry.get("type"), vocabulary, f"/{name}/{index}/type") or ""
-                    rows.append(LinkRow(kind, link_type, value))
+                    link_type = self.vocabulary(entry.get("type"), vocabulary, name, index, "type") or ""
+                    rows.append((kind, link_type, value))
         return rows
 
-    def sensor_reports(self, event: dict[str, Any]) -> list[SensorRow]:
-        rows: list[SensorRow] = []
-        for e, element in enumerate(event.get("sensorElementList") or ()):
+    def sensor_reports(self, event: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        elements = event.get("sensorElementList")
+        if not elements:
+            return rows
+        for e, element in enumerate(_members(elements)):
             if not isinstance(element, dict):
                 continue
             metadata = element.get("sensorMetadata")
             metadata = metadata if isinstance(metadata, dict) else {}
-            for r, report in enumerate(element.get("sensorReport") or ()):
+            for r, report in enumerate(_members(element.get("sensorReport"))):
                 if isinstance(report, dict):
-                    rows.append(self.sensor_report(report, metadata, f"/sensorElementList/{e}/sensorReport/{r}"))
+                    rows.append(self.sensor_report(report, metadata, e, r))
         return rows
 
-    def sensor_report(self, report: dict[str, Any], metadata: dict[str, Any], at: str) -> SensorRow:
+    def sensor_report(self, report: dict[str, Any], metadata: dict[str, Any], e: int, r: int) -> tuple[Any, ...]:
         # A report without its own device or time has the element's metadata ones.
         device = report.get("deviceID") or metadata.get("deviceID")
         measurement = report.get("type")
         measurement_type = ""
         if isinstance(measurement, str) and measurement.strip():
-            expanded = _expand_curie(measurement.strip(), self.context)
-            measurement_type = self.fits(normalise_measurement_type(expanded), VOCABULARY_LENGTH, f"{at}/type")
+            text = measurement.strip()
+            if self.context and self.context.get(text.partition(":")[0]):
+                measurement_type = normalise_measurement_type(_expand_curie(text, self.context))
+            else:
+                measurement_type = _plain_measurement_type(text)
+            self.fits(measurement_type, VOCABULARY_LENGTH, "sensorElementList", e, "sensorReport", r, "type")
         string_value = report.get("stringValue")
         boolean_value = report.get("booleanValue")
-        return SensorRow(
-            type=measurement_type,
-            device_id=self.identifier(device, f"{at}/deviceID"),
-            time=parse_time(report.get("time") or metadata.get("time")),
-            value=_number(report.get("value")),
-            min_value=_number(report.get("minValue")),
-            max_value=_number(report.get("maxValue")),
-            mean_value=_number(report.get("meanValue")),
-            uom=self.text(report.get("uom"), UOM_LENGTH, f"{at}/uom"),
-            string_value=self.fits(string_value, None, f"{at}/stringValue") if isinstance(string_value, str) else None,
-            boolean_value=boolean_value if isinstance(boolean_value, bool) else None,
+        return (
+            measurement_type,
+            self.identifier(device, "sensorElementList", e, "sensorReport", r, "deviceID"),
+            parse_time(report.get("time") or metadata.get("time")),
+            _number(report.get("value")),
+            _number(report.get("minValue")),
+            _number(report.get("maxValue")),
+            _number(report.get("meanValue")),
+            self.text(report.get("uom"), UOM_LENGTH, "sensorElementList", e, "sensorReport", r, "uom"),
+            self.fits(string_value, None, "sensorElementList", e, "sensorReport", r, "stringValue")
+            if isinstance(string_value, str)
+            else None,
+            boolean_value if isinstance(boolean_value, bool) else None,
         )
+
+
+def index_rows(event: dict[str, Any], context: dict[str, str] | None = None) -> Rows:
+    """`index_event` as plain tuples: the event's columns, its lookup rows and its problems."""
+    indexer = _Indexer(context or {})
+    event_id = event.get("eventID")
+    if isinstance(event_id, str):
+        indexer.fits(event_id, IDENTIFIER_LENGTH, "eventID")
+    columns = indexer.columns(event)
+    return columns, indexer.epcs(event), indexer.links(event), indexer.sensor_reports(event), indexer.problems
 
 
 def index_event(event: dict[str, Any], context: dict[str, str] | None = None) -> IndexedEvent:
     """The columns and lookup rows of an event in internal form; `context` maps its document's prefixes."""
-    indexer = _Indexer(context or {})
-    event_id = event.get("eventID")
-    if isinstance(event_id, str):
-        indexer.fits(event_id, IDENTIFIER_LENGTH, "/eventID")
-    columns = indexer.columns(event)
+    columns, epcs, links, sensor_reports, problems = index_rows(event, context)
     return IndexedEvent(
-        columns=columns,
-        epcs=indexer.epcs(event),
-        links=indexer.links(event),
-        sensor_reports=indexer.sensor_reports(event),
-        problems=indexer.problems,
+        columns=EventColumns._make(columns),
+        epcs=[EpcRow._make(row) for row in epcs],
+        links=[LinkRow._make(row) for row in links],
+        sensor_reports=[SensorRow._make(row) for row in sensor_reports],
+        problems=problems,
     )

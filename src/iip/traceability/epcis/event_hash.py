@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
@@ -129,8 +131,15 @@ def _number(text: str) -> str:
 
 def _value(value: Any, context: dict[str, str]) -> str:
     """A value's canonical text: vocabulary URNs and CURIEs expanded, GS1 keys as Digital Links, numbers trimmed."""
-    text = _scalar(value)
-    if text.partition(":")[0] in context:
+    kind = type(value)
+    if kind is str:
+        text = value.strip()
+    elif kind is float or kind is int:
+        text = str(value)
+    else:
+        text = _scalar(value)
+    # Only a prefix the context binds makes the answer the document's own (text without a colon has none).
+    if context and ":" in text and text.partition(":")[0] in context:
         return _canonical_text(text, context)
     return _context_free_text(text)  # most values: the same text gives the same answer in any document
 
@@ -164,9 +173,15 @@ def _gs1_key(text: str) -> str:
         return text
 
 
+@lru_cache(maxsize=1_024)
+def _vocabulary(text: str, kind: str) -> str:
+    """`normalise_vocabulary`, cached: an event's vocabulary values come from a short list."""
+    return normalise_vocabulary(text, kind)
+
+
 def _expanded(value: Any, terms: dict[str, str], context: dict[str, str]) -> str:
     text = _scalar(value)
-    return terms.get(text, _value(text, context))
+    return terms[text] if text in terms else _value(text, context)
 
 
 def _key(name: str, context: dict[str, str]) -> str:
@@ -199,60 +214,135 @@ def _extension(key: str, value: Any, context: dict[str, str]) -> str:
     return key + ("=" + text if text else "")
 
 
-def _fields(obj: dict[str, Any], order: tuple[str, ...], context: dict[str, str], vocab: dict[str, str]) -> str:
+# How `_fields` writes a member: a time, a plain value, or a term of one of GS1's vocabularies.
+_TIME = "time"
+_PLAIN = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The members of one kind of object in canonical order, each with how it is written."""
+
+    rank: dict[str, int]
+    forms: dict[str, str]  # member -> _TIME, _PLAIN or the JSON-LD context file of its vocabulary
+
+
+def _plan(order: tuple[str, ...], vocab: dict[str, str]) -> _Plan:
+    forms = {name: _TIME if "time" in name.lower() else vocab.get(name, _PLAIN) for name in order}
+    return _Plan({name: i for i, name in enumerate(order)}, forms)
+
+
+_QUANTITY_PLAN = _plan(_QUANTITY, {})
+_METADATA_PLAN = _plan(_METADATA, {})
+_REPORT_PLAN = _plan(
+    _REPORT,
+    {
+        "type": "gs1-context-measurement-type.jsonld",
+        "exception": "gs1-context-sensor-alert-type.jsonld",
+        "component": "cbv-context-component.jsonld",
+    },
+)
+_PLACE_PLAN = _plan(("id",), {})
+
+
+def _fields(obj: dict[str, Any], plan: _Plan, context: dict[str, str]) -> str:
     """Standard fields of an object in their order, then its user extensions (those with a prefix)."""
-    parts = []
-    for name in order:
-        if obj.get(name) in (None, ""):
+    rank = plan.rank
+    known = [name for name in obj if name in rank]
+    if len(known) > 1:
+        known.sort(key=rank.__getitem__)
+    text = ""
+    for name in known:
+        value = obj[name]
+        if value is None or value == "":
             continue
-        if "time" in name.lower():
-            parts.append(_pair(name, _time(obj[name])))
-        elif name in vocab:
-            parts.append(_pair(name, _expanded(obj[name], _terms(vocab[name]), context)))
+        form = plan.forms[name]
+        if form is _TIME:
+            written = _time(value)
+        elif form:
+            written = _expanded(value, _terms(form), context)
         else:
-            parts.append(_pair(name, _value(obj[name], context)))
+            written = _value(value, context)
+        if written:
+            text += name + "=" + written
     # Members outside the order (user extensions, and fields the order does not know) come last, sorted.
-    extras = [(k, v) for k, v in obj.items() if k not in order]
-    return "".join(parts) + _extensions(extras, context)
+    if len(known) == len(obj):
+        return text
+    return text + _extensions([(k, v) for k, v in obj.items() if k not in rank], context)
 
 
 def _sensor_element(element: dict[str, Any], context: dict[str, str]) -> str:
     text = ""
     metadata = element.get("sensorMetadata")
     if isinstance(metadata, dict):
-        text += "sensorMetadata" + _fields(metadata, _METADATA, context, {})
-    vocab = {
-        "type": "gs1-context-measurement-type.jsonld",
-        "exception": "gs1-context-sensor-alert-type.jsonld",
-        "component": "cbv-context-component.jsonld",
-    }
+        text += "sensorMetadata" + _fields(metadata, _METADATA_PLAN, context)
     reports = [r for r in element.get("sensorReport") or [] if isinstance(r, dict)]
-    text += "".join(sorted("sensorReport" + _fields(r, _REPORT, context, vocab) for r in reports))
+    text += "".join(sorted(["sensorReport" + _fields(r, _REPORT_PLAN, context) for r in reports]))
     extras = [(k, v) for k, v in element.items() if k not in ("sensorMetadata", "sensorReport")]
-    return "sensorElement" + text + _extensions(extras, context)
+    return "sensorElement" + text + (_extensions(extras, context) if extras else "")
 
 
-def _field(name: str, value: Any, context: dict[str, str]) -> str:  # noqa: PLR0911 - one form per field kind
-    if name in _EPC_LISTS:
-        return name + "".join(sorted(_pair("epc", _value(v, context)) for v in value or []))
-    if name in _QUANTITY_LISTS:
-        members = [q for q in value or [] if isinstance(q, dict)]
-        return name + "".join(sorted("quantityElement" + _fields(q, _QUANTITY, context, {}) for q in members))
-    if name in ("eventTime",):
-        return _pair(name, _time(value))
-    if name in ("bizStep", "disposition"):
-        return _pair(name, normalise_vocabulary(_scalar(value), name) if value else "")
-    if name == "persistentDisposition" and isinstance(value, dict):
-        text = "".join(
-            "".join(sorted(_pair(k, normalise_vocabulary(_scalar(v), "disposition")) for v in value.get(k) or []))
-            for k in ("set", "unset")
-        )
-        return name + text if text else ""
-    if name in ("readPoint", "bizLocation") and isinstance(value, dict):
-        return name + _fields(value, ("id",), context, {})
-    if name == "sensorElementList":
-        return name + "".join(sorted(_sensor_element(e, context) for e in value or [] if isinstance(e, dict)))
+# One writer per field of the canonical order (the rest are written as plain values).
+def _epc_list(name: str, value: Any, context: dict[str, str]) -> str:
+    members = []
+    for member in value or []:
+        text = _value(member, context)
+        if text:
+            members.append("epc=" + text)
+    members.sort()
+    return name + "".join(members)
+
+
+def _quantity_list(name: str, value: Any, context: dict[str, str]) -> str:
+    members = [q for q in value or [] if isinstance(q, dict)]
+    return name + "".join(sorted(["quantityElement" + _fields(q, _QUANTITY_PLAN, context) for q in members]))
+
+
+def _event_time(name: str, value: Any, context: dict[str, str]) -> str:
+    return _pair(name, _time(value))
+
+
+def _vocabulary_field(name: str, value: Any, context: dict[str, str]) -> str:
+    return _pair(name, _vocabulary(_scalar(value), name) if value else "")
+
+
+def _persistent_disposition(name: str, value: Any, context: dict[str, str]) -> str:
+    if not isinstance(value, dict):
+        return _plain(name, value, context)
+    text = "".join(
+        "".join(sorted(_pair(k, _vocabulary(_scalar(v), "disposition")) for v in value.get(k) or []))
+        for k in ("set", "unset")
+    )
+    return name + text if text else ""
+
+
+def _place(name: str, value: Any, context: dict[str, str]) -> str:
+    if not isinstance(value, dict):
+        return _plain(name, value, context)
+    return name + _fields(value, _PLACE_PLAN, context)
+
+
+def _sensor_elements(name: str, value: Any, context: dict[str, str]) -> str:
+    return name + "".join(sorted([_sensor_element(e, context) for e in value or [] if isinstance(e, dict)]))
+
+
+def _plain(name: str, value: Any, context: dict[str, str]) -> str:
     return _pair(name, _value(value, context))
+
+
+_WRITERS: dict[str, Callable[[str, Any, dict[str, str]], str]] = {
+    **dict.fromkeys(_EPC_LISTS, _epc_list),
+    **dict.fromkeys(_QUANTITY_LISTS, _quantity_list),
+    "eventTime": _event_time,
+    "bizStep": _vocabulary_field,
+    "disposition": _vocabulary_field,
+    "persistentDisposition": _persistent_disposition,
+    "readPoint": _place,
+    "bizLocation": _place,
+    "sensorElementList": _sensor_elements,
+}
+_ORDER_RANK = {name: rank for rank, name in enumerate(_ORDER)}
+_ORDER_WRITERS = {name: _WRITERS.get(name, _plain) for name in _ORDER}
 
 
 def _typed_list(name: str, item: str, value: Any, kind: str, context: dict[str, str]) -> str:
@@ -265,30 +355,46 @@ def _typed_list(name: str, item: str, value: Any, kind: str, context: dict[str, 
             continue
         kind_text = ""
         if entry.get("type"):
-            kind_text = "type=" + normalise_vocabulary(_expanded(entry["type"], {}, context), kind)
+            kind_text = "type=" + _vocabulary(_value(_scalar(entry["type"]), context), kind)
         entries.append(kind_text + _pair(item, _value(entry.get(item, ""), context)))
     return name + "".join(sorted(entries))
+
+
+_TYPED = {
+    "bizTransactionList": ("bizTransaction", "bizTransactionType"),
+    "sourceList": ("source", "sourceDestType"),
+    "destinationList": ("destination", "sourceDestType"),
+}
+# Event members that are not user extensions: hashed in place, in a typed list, or never.
+_NOT_EXTENSIONS = _EXCLUDED | frozenset(_ORDER) | frozenset(_TYPED)
 
 
 def pre_hash_string(event: dict[str, Any], context: dict[str, str] | None = None) -> str:
     """The CBV 2.0 pre-hash string of an event; `context` maps extension prefixes to namespaces."""
     prefixes = context or {}
-    parts = ["eventType=" + _scalar(event.get("type", ""))]
-    parts += [_field(name, event[name], prefixes) for name in _ORDER if event.get(name) not in (None, "", [])]
+    text = "eventType=" + _scalar(event.get("type", ""))
+    ordered = [name for name in event if name in _ORDER_RANK]
+    ordered.sort(key=_ORDER_RANK.__getitem__)
+    for name in ordered:
+        value = event[name]
+        if value not in (None, "", []):
+            text += _ORDER_WRITERS[name](name, value, prefixes)
     trailing: list[str] = []
-    typed = {
-        "bizTransactionList": ("bizTransaction", "bizTransactionType"),
-        "sourceList": ("source", "sourceDestType"),
-        "destinationList": ("destination", "sourceDestType"),
-    }
-    for name, (item, kind) in typed.items():
+    for name, (item, kind) in _TYPED.items():
         if event.get(name):
             trailing.append(_typed_list(name, item, event[name], kind, prefixes))
-    if isinstance(event.get("ilmd"), dict) and event["ilmd"]:
-        trailing.append("ilmd" + _extensions(list(event["ilmd"].items()), prefixes))
-    others = [(k, v) for k, v in event.items() if k not in _EXCLUDED and k not in _ORDER and k not in typed]
-    trailing += [_extensions([(k, v)], prefixes) for k, v in others if k != "ilmd"]
-    return "".join(p for p in parts if p) + "".join(sorted(trailing))
+    for name, value in event.items():
+        if name in _NOT_EXTENSIONS:
+            continue
+        if name == "ilmd":
+            if isinstance(value, dict) and value:
+                trailing.append("ilmd" + _extensions(list(value.items()), prefixes))
+        else:
+            trailing.append(_extensions([(name, value)], prefixes))
+    if trailing:
+        trailing.sort()
+        return text + "".join(trailing)
+    return text
 
 
 def event_hash(event: dict[str, Any], context: dict[str, str] | None = None) -> str:

@@ -9,7 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ from iip.traceability.epcis.documents import (
 
 _SCHEMAS = resources.files("iip.traceability.epcis") / "schemas"
 _OFFSET = re.compile(r"[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00)")
+_EXTRA_FRACTION = re.compile(r"(\.\d{6})\d+")
 _ACTIONS = ("ADD", "OBSERVE", "DELETE")
 # JSON-LD context file holding each CBV vocabulary's terms.
 _VOCABULARY_FILES = {
@@ -158,7 +159,9 @@ def _event_issues(event: dict[str, Any], at: str) -> list[ValidationIssue]:
 def _time_issue(value: Any, at: str) -> list[ValidationIssue]:
     if not isinstance(value, str):
         return []
-    text = re.sub(r"(\.\d{6})\d+", r"\1", value.replace("Z", "+00:00").replace("z", "+00:00"))
+    text = value.replace("Z", "+00:00").replace("z", "+00:00")
+    if _EXTRA_FRACTION.search(text):  # fromisoformat takes at most 6 fraction digits
+        text = _EXTRA_FRACTION.sub(r"\1", text)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -168,70 +171,102 @@ def _time_issue(value: Any, at: str) -> list[ValidationIssue]:
     return []
 
 
+def _members(value: Any) -> Any:
+    """What a field meant to hold a list is walked over: nothing for a number, which the schema refuses
+    (walking it would raise); a list, text or object as it is."""
+    return () if not value or isinstance(value, int | float) else value
+
+
+_EPC_LISTS = ("epcList", "childEPCs", "inputEPCList", "outputEPCList")
+_QUANTITY_LISTS = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
+_PARTY_LISTS = (("sourceList", "source"), ("destinationList", "destination"))
+
+
 def _identifier_values(event: dict[str, Any], at: str) -> list[tuple[tuple[Any, ...], Any]]:
     """Each identifier with its location's steps (joined into a pointer only for a problem: most have none)."""
     found: list[tuple[tuple[Any, ...], Any]] = [((at, "parentID"), event.get("parentID"))]
-    for name in ("epcList", "childEPCs", "inputEPCList", "outputEPCList"):
-        found += [((at, name, i), v) for i, v in enumerate(event.get(name) or [])]
-    for name in ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList"):
-        found += [
-            ((at, name, i, "epcClass"), q.get("epcClass"))
-            for i, q in enumerate(event.get(name) or [])
-            if isinstance(q, dict)
-        ]
+    # Absent lists are skipped without building anything: an event fills few of these fields.
+    for name in _EPC_LISTS:
+        values = event.get(name)
+        if values:
+            found += [((at, name, i), v) for i, v in enumerate(_members(values))]
+    for name in _QUANTITY_LISTS:
+        values = event.get(name)
+        if values:
+            found += [
+                ((at, name, i, "epcClass"), q.get("epcClass"))
+                for i, q in enumerate(_members(values))
+                if isinstance(q, dict)
+            ]
     for name in ("readPoint", "bizLocation"):
         place = event.get(name)
         if isinstance(place, dict):
             found.append(((at, name, "id"), place.get("id")))
-    for name, item in (("sourceList", "source"), ("destinationList", "destination")):
-        found += [
-            ((at, name, i, item), e.get(item)) for i, e in enumerate(event.get(name) or []) if isinstance(e, dict)
-        ]
+    for name, item in _PARTY_LISTS:
+        values = event.get(name)
+        if values:
+            found += [((at, name, i, item), e.get(item)) for i, e in enumerate(_members(values)) if isinstance(e, dict)]
     return found
 
 
 def _identifier_issues(event: dict[str, Any], at: str) -> list[ValidationIssue]:
     issues = []
     for steps, value in _identifier_values(event, at):
-        if isinstance(value, str) and identifiers.is_gs1_identifier(value):
+        if isinstance(value, str) and (identifiers.is_gs1_identifier(value) or identifiers.is_handle(value)):
             problem = identifiers.check(value)
             if problem:
                 issues.append(ValidationIssue("/".join(map(str, steps)), problem))
     return issues
 
 
-def _vocabulary_issue(value: Any, kind: str, at: str) -> list[ValidationIssue]:
-    if not isinstance(value, str):
-        return []
+@lru_cache(maxsize=4_096)
+def _vocabulary_problem(value: str, kind: str) -> str | None:
+    """Why a CBV URN or web URI is no term of its vocabulary; None when it is one or is no CBV value.
+    Cached: an event's vocabulary values come from a short list."""
     urn, term = VOCABULARIES[kind]
     if value.startswith(urn):
         name = value[len(urn) :]
     elif value.startswith(CBV_WEB + term):
         name = value[len(CBV_WEB + term) :]
     else:
-        return []  # bare names are the JSON Schema's business; other URIs are private vocabularies
+        return None  # bare names are the JSON Schema's business; other URIs are private vocabularies
     if name in cbv_terms(kind):
+        return None
+    return f"{value!r} is not a CBV {kind} value"
+
+
+def _vocabulary_issue(value: Any, kind: str, at: str, *steps: Any) -> list[ValidationIssue]:
+    """The issue of a vocabulary value at `at` followed by `steps` (joined only for an issue)."""
+    if not isinstance(value, str):
         return []
-    return [ValidationIssue(at, f"{value!r} is not a CBV {kind} value")]
+    problem = _vocabulary_problem(value, kind)
+    if problem is None:
+        return []
+    return [ValidationIssue("/".join(map(str, (at, *steps))), problem)]
+
+
+_TYPED_LISTS = (
+    ("bizTransactionList", "bizTransactionType"),
+    ("sourceList", "sourceDestType"),
+    ("destinationList", "sourceDestType"),
+)
 
 
 def _vocabulary_issues(event: dict[str, Any], at: str) -> list[ValidationIssue]:
-    issues = _vocabulary_issue(event.get("bizStep"), "bizStep", f"{at}/bizStep")
-    issues += _vocabulary_issue(event.get("disposition"), "disposition", f"{at}/disposition")
+    issues = _vocabulary_issue(event.get("bizStep"), "bizStep", at, "bizStep")
+    issues += _vocabulary_issue(event.get("disposition"), "disposition", at, "disposition")
     persistent = event.get("persistentDisposition")
     if isinstance(persistent, dict):
         for key in ("set", "unset"):
-            for i, value in enumerate(persistent.get(key) or []):
-                issues += _vocabulary_issue(value, "disposition", f"{at}/persistentDisposition/{key}/{i}")
-    for name, kind in (
-        ("bizTransactionList", "bizTransactionType"),
-        ("sourceList", "sourceDestType"),
-        ("destinationList", "sourceDestType"),
-    ):
-        for i, entry in enumerate(event.get(name) or []):
-            if isinstance(entry, dict):
-                issues += _vocabulary_issue(entry.get("type"), kind, f"{at}/{name}/{i}/type")
+            for i, value in enumerate(_members(persistent.get(key))):
+                issues += _vocabulary_issue(value, "disposition", at, "persistentDisposition", key, i)
+    for name, kind in _TYPED_LISTS:
+        entries = event.get(name)
+        if entries:
+            for i, entry in enumerate(_members(entries)):
+                if isinstance(entry, dict):
+                    issues += _vocabulary_issue(entry.get("type"), kind, at, name, i, "type")
     declaration = event.get("errorDeclaration")
     if isinstance(declaration, dict):
-        issues += _vocabulary_issue(declaration.get("reason"), "errorReason", f"{at}/errorDeclaration/reason")
+        issues += _vocabulary_issue(declaration.get("reason"), "errorReason", at, "errorDeclaration", "reason")
     return issues
