@@ -402,7 +402,8 @@ async def test_refused_subscriptions(
     refused = {
         "no stream, no schedule": SubscriptionRequest(receiver.url, TOKEN),
         "both": SubscriptionRequest(receiver.url, TOKEN, stream=True, schedule_seconds=5),
-        "cron schedule": SubscriptionRequest(receiver.url, TOKEN, schedule={"hour": "1", "minute": "5"}),
+        "stream and schedule": SubscriptionRequest(receiver.url, TOKEN, stream=True, schedule={"minute": "5"}),
+        "bad schedule": SubscriptionRequest(receiver.url, TOKEN, schedule={"minute": "60"}),
         "reportIfEmpty on a stream": SubscriptionRequest(receiver.url, TOKEN, stream=True, report_if_empty=True),
         "short token": SubscriptionRequest(receiver.url, "short", stream=True),
         "ftp": SubscriptionRequest("ftp://example.com/x", TOKEN, stream=True),
@@ -507,7 +508,7 @@ def test_api_refusals(client: TestClient, tenant_a: TenantFixture, receiver: Rec
         client.post(path, json={"dest": receiver.url}, headers=headers), 400, "subscription_controls"
     )
     assert problem["epcisException"] == "epcisException:SubscriptionControlsException"
-    cron = {"dest": receiver.url, "schedule": {"hour": "1", "minute": "5"}}
+    cron = {"dest": receiver.url, "schedule": {"hour": "24", "minute": "5"}}
     assert_problem(client.post(path, json=cron, headers=headers), 400, "subscription_controls")
     assert_problem(client.post(path, json={"stream": True}, headers=headers), 422)
     naive = {"dest": receiver.url, "stream": True, "initialRecordTime": "2024-01-01T00:00:00"}

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from iip.api.deps import DbSession, audit_object
+from iip.api.deps import DbSession, audit_object, get_runtime
 from iip.console.forms import page_number, url_with
 from iip.console.web import (
     N_,
@@ -43,6 +43,7 @@ from iip.identifiers.codec import (
 from iip.identifiers.filing import MIN_SECRET_LENGTH, PENDING, CompanyDetails, FilingService
 from iip.identifiers.gs1.service import Gs1LinkService
 from iip.identifiers.models import Handle, HandleHistory, Prefix
+from iip.identifiers.public import HANDLE_SCHEME, extra_links
 from iip.identifiers.repository import HandleRepository
 from iip.identifiers.service import HandleService
 from iip.identifiers.signing import node_key_for, verify_row
@@ -220,6 +221,8 @@ def record_page(request: Request, prefix: str, suffix: str, identity: Reader, se
         for h in reversed(HandleRepository(session).history(row.key))
     ]
     links = Gs1LinkService(session).list_links(actor, handle=row.handle)
+    # What other contexts offer for the handle (its trace page), those this user may follow.
+    offered = extra_links(get_runtime(request), session, HANDLE_SCHEME + row.handle, row.tenant_id)
     context: dict[str, Any] = {
         "page_title": N_("Identifier"),
         "row": row,
@@ -231,6 +234,7 @@ def record_page(request: Request, prefix: str, suffix: str, identity: Reader, se
         "changes": CHANGES,
         "signature": signature_of(session, row),
         "links": links,
+        "extra_links": [e for e in offered if e.permission is None or identity.can(e.permission)],
         "template_title": TEMPLATE_TITLES.get(row.template or "", ""),
         "attributes": [
             (k, v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)) for k, v in row.attributes.items()

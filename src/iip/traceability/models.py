@@ -172,14 +172,16 @@ class Subscription(Base):
     query_id: Mapped[str] = mapped_column(ForeignKey("traceability_named_query.id", ondelete="CASCADE"))
     destination: Mapped[str] = mapped_column(String(2000))
     secret: Mapped[str] = mapped_column(Text)  # sealed (kernel.sealing)
-    stream: Mapped[bool] = mapped_column(default=True)  # deliver as events arrive; else on `schedule`
-    schedule_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    stream: Mapped[bool] = mapped_column(default=True)  # deliver as events arrive; else on a schedule
+    schedule: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)  # the binding's, fields as given
+    schedule_seconds: Mapped[int | None] = mapped_column(Integer, default=None)  # IIP: every N seconds
     report_if_empty: Mapped[bool] = mapped_column(default=False)
-    signature_token: Mapped[str | None] = mapped_column(String(200), default=None)
+    initial_record_time: Mapped[dt.datetime | None] = mapped_column(default=None)  # as asked, answered back
     after_event: Mapped[int] = mapped_column(BigInteger, default=0)  # last event id delivered
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # failed tries since the last 2xx
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    last_notified_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # the last delivery answered 2xx
     active: Mapped[bool] = mapped_column(default=True)
     created_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -11,10 +11,10 @@ from iip.traceability.authenticity import models as authenticity_models  # noqa:
 from iip.traceability.authenticity.router import router as authenticity_router
 from iip.traceability.capture_router import router as capture_router
 from iip.traceability.genealogy_router import router as genealogy_router
+from iip.traceability.lifespan import traceability_lifespan
 from iip.traceability.pages import PAGES, TEMPLATE_DIR, pages_router
 from iip.traceability.profiles_router import router as profiles_router
 from iip.traceability.query_router import router as query_router
-from iip.traceability.subscription_delivery import subscriptions_lifespan
 from iip.traceability.subscriptions_router import router as subscriptions_router
 
 router = APIRouter()
@@ -34,6 +34,6 @@ module = Module(
     pages=PAGES,
     template_dir=TEMPLATE_DIR,
     cli=manifest.cli,
-    lifespan=subscriptions_lifespan,
+    lifespan=traceability_lifespan,
     permissions=("traceability.read", "traceability.write", "traceability.admin"),
 )

@@ -5,8 +5,10 @@ A loop started by the context's lifespan runs rounds. A round takes the subscrip
 - a stream subscription whenever events were stored after its cursor (`after_event`); a capture in
   this process wakes the loop at once (`subscription_signal`), captures elsewhere are seen by the
   poll every `poll_s` seconds;
-- a scheduled one (`schedule_seconds`) when its `next_attempt_at` comes, with an empty report too
-  when it asks for one (`report_if_empty`);
+- a scheduled one (a cron-like `schedule`, `subscription_schedule`, or every `schedule_seconds`)
+  when its `next_attempt_at` comes, with an empty report too when it asks for one
+  (`report_if_empty`); after each it is due at the schedule's next time after then (times missed
+  while the platform was down, or while a delivery ran, make one delivery, not one each);
 - any subscription whose last try failed, when its backoff has run out.
 
 For each, in a worker thread (the event loop never waits on the database), the named query runs
@@ -67,7 +69,7 @@ from iip.traceability import subscription_signal
 from iip.traceability.epcis.writer import json_document
 from iip.traceability.models import Event, NamedQuery, Subscription
 from iip.traceability.query import EventQuery, parse_stored_query, select_events
-from iip.traceability.subscriptions import subscription_sealer
+from iip.traceability.subscriptions import next_run, subscription_sealer
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +175,7 @@ class Job:
     count: int  # events in the body
     more: bool  # a full batch: more may be waiting
     attempts: int  # failed tries before this one
+    schedule: dict[str, str] | None
     schedule_seconds: int | None
 
 
@@ -399,7 +402,7 @@ class SubscriptionDelivery:
             events, cursor, complete = next_batch(
                 session, row.tenant_id, query, row.after_event, limit, self._mark(session)
             )
-            scheduled = row.schedule_seconds is not None
+            scheduled = row.schedule is not None or row.schedule_seconds is not None
             if not events and not (scheduled and row.report_if_empty):
                 self._idle(session, row, cursor, now)
                 return None
@@ -427,20 +430,22 @@ class SubscriptionDelivery:
                 count=len(events),
                 more=not complete,
                 attempts=row.attempts,
+                schedule=row.schedule,
                 schedule_seconds=row.schedule_seconds,
             )
 
     def _idle(self, session: Session, row: Subscription, cursor: int, now: dt.datetime) -> None:
         """Nothing to send: move the cursor past what matched nothing and, if scheduled, to the next time."""
         values: dict[str, Any] = {}
+        scheduled = row.schedule is not None or row.schedule_seconds is not None
         if cursor > row.after_event:
             values["after_event"] = cursor
         if row.attempts:
             values.update(attempts=0, last_error="")
-            if row.schedule_seconds is None:
+            if not scheduled:
                 values["next_attempt_at"] = None
-        if row.schedule_seconds is not None:
-            values["next_attempt_at"] = now + dt.timedelta(seconds=row.schedule_seconds)
+        if scheduled:
+            values["next_attempt_at"] = next_run(row.schedule, row.schedule_seconds, now)
         if values:
             session.execute(
                 update(Subscription)
@@ -527,14 +532,19 @@ class SubscriptionDelivery:
                     self._batches[job.subscription_id] = max(1, self._batches.get(job.subscription_id, self.batch) // 2)
                 self._failed(session, job.subscription_id, job.after_event, job.attempts, outcome.error, now)
                 return False
-            if job.schedule_seconds is None:
-                next_attempt: dt.datetime | None = None
-            else:
-                next_attempt = now if job.more else now + dt.timedelta(seconds=job.schedule_seconds)
+            next_attempt = now if job.more else next_run(job.schedule, job.schedule_seconds, now)
+            if job.schedule is None and job.schedule_seconds is None:
+                next_attempt = None  # a stream is due whenever events wait
             result = session.execute(
                 update(Subscription)
                 .where(Subscription.id == job.subscription_id, Subscription.after_event == job.after_event)
-                .values(after_event=job.cursor, attempts=0, last_error="", next_attempt_at=next_attempt)
+                .values(
+                    after_event=job.cursor,
+                    attempts=0,
+                    last_error="",
+                    next_attempt_at=next_attempt,
+                    last_notified_at=now,
+                )
                 .execution_options(synchronize_session=False)
             )
             logger.info("subscription %s: delivered %d events", job.subscription_id, job.count)

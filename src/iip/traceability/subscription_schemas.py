@@ -14,7 +14,7 @@ NO_NUL = r"^[^\x00]*$"
 
 
 class SubscriptionIn(BaseModel):
-    """A subscription to create: where to deliver, how to sign, and when (`stream`, or `scheduleSeconds`)."""
+    """A subscription to create: where to deliver, how to sign, and when (`stream`, `schedule` or `scheduleSeconds`)."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -32,7 +32,7 @@ class SubscriptionIn(BaseModel):
         default=None, alias="scheduleSeconds", description="IIP: deliver every this many seconds instead of a stream"
     )
     report_if_empty: bool = Field(
-        default=False, alias="reportIfEmpty", description="scheduled only: deliver an empty result too"
+        default=False, alias="reportIfEmpty", description="scheduled only: deliver at each time, with no new events too"
     )
     initial_record_time: dt.datetime | None = Field(
         default=None,
@@ -40,7 +40,11 @@ class SubscriptionIn(BaseModel):
         description="deliver the events recorded since then first (default: only those captured from now on)",
     )
     schedule: dict[str, Any] | None = Field(
-        default=None, description="the binding's cron-like schedule: not supported, use scheduleSeconds"
+        default=None,
+        description="The binding's cron-like schedule, in UTC: any of second, minute, hour, dayOfMonth, month, "
+        "dayOfWeek (1 is Monday), each a string of numbers and [low-high] ranges separated by commas; "
+        "fields finer than the finest one given are their first value ({hour: 1, minute: 5} is 01:05:00 daily)",
+        examples=[{"hour": "1", "minute": "5"}, {"second": "0", "minute": "0", "dayOfWeek": "[1-5]"}],
     )
 
     def request(self) -> SubscriptionRequest:
@@ -71,8 +75,11 @@ class SubscriptionOut(BaseModel):
     dest: str
     createdAt: dt.datetime  # noqa: N815
     stream: bool | None = None
+    schedule: dict[str, str] | None = None
     scheduleSeconds: int | None = None  # noqa: N815
     reportIfEmpty: bool | None = None  # noqa: N815 - scheduled subscriptions only
+    initialRecordTime: dt.datetime | None = None  # noqa: N815 - as asked when it was made
+    lastNotifiedAt: dt.datetime | None = None  # noqa: N815 - the last delivery its receiver answered 2xx
     delivery: DeliveryStateOut
 
     @classmethod
@@ -83,8 +90,11 @@ class SubscriptionOut(BaseModel):
             dest=row.destination,
             createdAt=row.created_at,
             stream=True if row.stream else None,
+            schedule=row.schedule,
             scheduleSeconds=row.schedule_seconds,
             reportIfEmpty=None if row.stream else row.report_if_empty,
+            initialRecordTime=row.initial_record_time,
+            lastNotifiedAt=row.last_notified_at,
             delivery=DeliveryStateOut(
                 failedAttempts=row.attempts, lastError=row.last_error, nextAttemptAt=row.next_attempt_at
             ),

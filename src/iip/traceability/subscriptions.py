@@ -1,10 +1,11 @@
 """Query subscriptions (EPCIS 2.0 REST binding, webhooks): create, list, read and delete. Tenant scoping lives here.
 
 A subscription belongs to a named query and to that query's tenant. It says where to deliver
-(`dest`, http or https), when (`stream`: as events are captured; or every `scheduleSeconds`, an IIP
-extension standing in for the binding's cron-like `schedule`), and with which key the deliveries
-are signed: the client's `signatureToken`, or one made here and answered once. The key is stored
-sealed (`kernel.sealing`, bound to the subscription's id), never answered again.
+(`dest`, http or https), when (`stream`: as events are captured; at the times of the binding's
+cron-like `schedule`, see `subscription_schedule`; or every `scheduleSeconds`, an IIP extension),
+and with which key the deliveries are signed: the client's `signatureToken`, or one made here and
+answered once. The key is stored sealed (`kernel.sealing`, bound to the subscription's id), never
+answered again.
 
 Delivery (`subscription_delivery`) starts after the newest event stored when the subscription is
 made, or, given `initialRecordTime`, at the first event of the tenant recorded since then.
@@ -34,6 +35,7 @@ from iip.kernel.settings import Settings
 from iip.traceability.models import ACTOR_LENGTH, Event, NamedQuery, Subscription
 from iip.traceability.query import parse_stored_query
 from iip.traceability.query_service import QueryService
+from iip.traceability.subscription_schedule import ScheduleError, parse_schedule
 
 # Part of every sealed signing key's key: changing it makes the stored keys unreadable.
 SECRET_PURPOSE = "traceability.subscription-secret"  # noqa: S105 - a name, not a secret
@@ -81,7 +83,7 @@ def check_destination(url: str) -> str:
 
 @dataclass(frozen=True)
 class SubscriptionRequest:
-    """What a client asks for (the binding's QueryStreamSubscription or, here, an interval)."""
+    """What a client asks for (the binding's QueryStreamSubscription or QueryScheduleSubscription, or an interval)."""
 
     destination: str
     signature_token: str | None = None
@@ -89,7 +91,7 @@ class SubscriptionRequest:
     schedule_seconds: int | None = None
     report_if_empty: bool = False
     initial_record_time: dt.datetime | None = None
-    schedule: Mapping[str, Any] | None = None  # the binding's cron-like schedule: not supported
+    schedule: Mapping[str, Any] | None = None  # the binding's cron-like schedule (`subscription_schedule`)
 
 
 @dataclass(frozen=True)
@@ -121,18 +123,29 @@ def _page_after(token: str) -> tuple[dt.datetime, str]:
     return at, row_id
 
 
-def _checked(request: SubscriptionRequest) -> SubscriptionRequest:
+def _checked(request: SubscriptionRequest, now: dt.datetime) -> SubscriptionRequest:
     """The request, refused (SubscriptionControlsError) when it does not say one workable way to deliver."""
-    if request.schedule is not None:
-        raise SubscriptionControlsError(
-            "cron-like schedules are not supported; give stream: true, or scheduleSeconds (deliver every N seconds)"
+    ways = [
+        name
+        for name, given in (
+            ("stream: true", bool(request.stream)),
+            ("schedule", request.schedule is not None),
+            ("scheduleSeconds", request.schedule_seconds is not None),
         )
-    scheduled = request.schedule_seconds is not None
-    if request.stream and scheduled:
-        raise SubscriptionControlsError("give either stream: true or scheduleSeconds, not both")
-    if not request.stream and not scheduled:
-        raise SubscriptionControlsError("say when to deliver: stream: true, or scheduleSeconds")
-    if scheduled and not 1 <= (request.schedule_seconds or 0) <= MAX_SCHEDULE_SECONDS:
+        if given
+    ]
+    if len(ways) > 1:
+        together = " and ".join(ways)
+        raise SubscriptionControlsError(f"give one of stream: true, schedule or scheduleSeconds, not {together}")
+    if not ways:
+        raise SubscriptionControlsError("say when to deliver: stream: true, a schedule, or scheduleSeconds")
+    schedule = None
+    if request.schedule is not None:
+        try:
+            schedule = parse_schedule(request.schedule, now=now).as_json()
+        except ScheduleError as err:
+            raise SubscriptionControlsError(str(err)) from None
+    if request.schedule_seconds is not None and not 1 <= request.schedule_seconds <= MAX_SCHEDULE_SECONDS:
         raise SubscriptionControlsError(f"scheduleSeconds must be between 1 and {MAX_SCHEDULE_SECONDS}")
     if request.stream and request.report_if_empty:
         raise SubscriptionControlsError("reportIfEmpty applies to scheduled subscriptions, not to a stream")
@@ -150,7 +163,21 @@ def _checked(request: SubscriptionRequest) -> SubscriptionRequest:
         schedule_seconds=request.schedule_seconds,
         report_if_empty=request.report_if_empty,
         initial_record_time=initial,
+        schedule=schedule,
     )
+
+
+def next_run(schedule: Mapping[str, Any] | None, schedule_seconds: int | None, now: dt.datetime) -> dt.datetime | None:
+    """When a scheduled subscription is next due after `now`: its schedule's next time, or `now` plus its
+    interval; None for a stream, and for a schedule that fires no more."""
+    if schedule is not None:
+        try:
+            return parse_schedule(schedule).next_after(now)
+        except ScheduleError:
+            return None  # checked when made; a stored one that no longer reads is never due
+    if schedule_seconds is not None:
+        return now + dt.timedelta(seconds=schedule_seconds)
+    return None
 
 
 def start_after(session: Session, tenant_id: str, initial: dt.datetime | None) -> int:
@@ -187,12 +214,12 @@ class SubscriptionService:
     ) -> CreatedSubscription:
         self.actor.require("traceability.write")
         query = self.queries.named_query(query_ref, tenant_id)
-        wanted = _checked(request)
+        now = utcnow()
+        wanted = _checked(request, now)
         parse_stored_query(query.parameters)  # a query that no longer runs would fail every delivery
         held = self.session.scalar(select(func.count(Subscription.id)).where(Subscription.query_id == query.id))
         if (held or 0) >= MAX_PER_QUERY:
             raise SubscriptionControlsError(f"the query has {MAX_PER_QUERY} subscriptions already")
-        now = utcnow()
         token = wanted.signature_token or new_signature_token()
         row = Subscription(
             id=new_id(),
@@ -200,12 +227,13 @@ class SubscriptionService:
             query_id=query.id,
             destination=wanted.destination,
             stream=bool(wanted.stream),
+            schedule=dict(wanted.schedule) if wanted.schedule is not None else None,
             schedule_seconds=wanted.schedule_seconds,
             report_if_empty=wanted.report_if_empty,
-            signature_token=None,  # the token is the signing key: kept sealed in `secret` only
+            initial_record_time=wanted.initial_record_time,
             after_event=start_after(self.session, query.tenant_id, wanted.initial_record_time),
             attempts=0,
-            next_attempt_at=None if wanted.stream else now + dt.timedelta(seconds=wanted.schedule_seconds or 0),
+            next_attempt_at=None if wanted.stream else next_run(wanted.schedule, wanted.schedule_seconds, now),
             last_error="",
             active=True,
             created_by=self.actor.label[:ACTOR_LENGTH],

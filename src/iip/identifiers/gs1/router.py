@@ -9,12 +9,13 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from iip.api.deps import DbSession, audit_object, require
+from iip.api.deps import DbSession, audit_object, get_runtime, require
 from iip.api.problems import problem, problem_responses
 from iip.identifiers import codes
 from iip.identifiers.gs1 import codec
@@ -23,10 +24,12 @@ from iip.identifiers.gs1.service import (
     DEFAULT_REQUESTS,
     GS1_VOC,
     LINKSET_REQUESTS,
+    ExtraLinks,
     Gs1LinkService,
     language_preferences,
     linkset_document,
 )
+from iip.identifiers.public import ExtraLink, extra_links
 from iip.kernel.auth import Principal
 from iip.kernel.errors import Invalid
 
@@ -152,6 +155,17 @@ def _wants_linkset(request: Request, link_type: str | None) -> bool:
     return bool(accepted & LINKSET_MEDIA_TYPES)
 
 
+def _extra_links(request: Request, session: DbSession, digital_link: codec.DigitalLink, root: str) -> ExtraLinks:
+    """Other contexts' links for the key (see `identifiers.public`), their paths made absolute on this host."""
+    runtime = get_runtime(request)
+
+    def gather(tenant_id: str) -> list[ExtraLink]:
+        found = extra_links(runtime, session, digital_link.uri(attributes=False), tenant_id)
+        return [replace(e, href=root + e.href) if e.href.startswith("/") else e for e in found]
+
+    return gather
+
+
 def resolve(request: Request, session: DbSession, link_type: str | None) -> Response:
     """Answer a Digital Link: 307 to the chosen link, or the linkset; 400 if malformed, 404 if unknown."""
     # The raw path keeps %2F inside values, so a '/' in a serial stays in its segment.
@@ -161,10 +175,15 @@ def resolve(request: Request, session: DbSession, link_type: str | None) -> Resp
         digital_link = codec.parse_digital_link(raw_path.decode("utf-8", "replace") + (f"?{query}" if query else ""))
     except Invalid as err:
         return problem(400, err.instance_code, "Malformed GS1 Digital Link", err.message, instance=request.url.path)
-    resolution = Gs1LinkService(session).resolve(
-        digital_link, link_type=link_type, languages=language_preferences(request.headers.get("accept-language"))
-    )
     root = resolver_root(request)
+    wants_linkset = _wants_linkset(request, link_type)
+    resolution = Gs1LinkService(session).resolve(
+        digital_link,
+        link_type=link_type,
+        languages=language_preferences(request.headers.get("accept-language")),
+        extra_links=_extra_links(request, session, digital_link, root),
+        linkset=wants_linkset,
+    )
     anchor = digital_link.uri(root, attributes=False)
     headers = {
         "Vary": "Accept, Accept-Language",
@@ -175,7 +194,7 @@ def resolve(request: Request, session: DbSession, link_type: str | None) -> Resp
             )
         ),
     }
-    if _wants_linkset(request, link_type):
+    if wants_linkset:
         headers["Link"] += (
             f', <{LINKSET_CONTEXT}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
         )

@@ -8,15 +8,16 @@ qualifier level win; the default link is searched from the most specific level u
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from iip.identifiers.gs1 import codec
 from iip.identifiers.gs1.repository import Gs1LinkRepository
 from iip.identifiers.models import Gs1Link
+from iip.identifiers.public import ExtraLink
 from iip.kernel.auth import Principal
 from iip.kernel.errors import Conflict, Invalid, NotFound
 
@@ -108,17 +109,35 @@ def negotiate_language(candidates: Sequence[Gs1Link], languages: Sequence[str]) 
     return _fallback(candidates)
 
 
+class LinkTarget(Protocol):
+    """What a linkset entry and a redirect need of a link: a stored `Gs1Link` or a source's `ExtraLink`."""
+
+    @property
+    def href(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def language(self) -> str: ...
+
+
+# Given the tenant that links the key, the links other contexts add (absolute hrefs).
+ExtraLinks = Callable[[str], Sequence[ExtraLink]]
+
+
 @dataclass(frozen=True)
 class Resolution:
     """What a resolver request found: the redirect target and the links for a linkset."""
 
     link: codec.DigitalLink
-    target: Gs1Link
+    target: LinkTarget
     links: tuple[Gs1Link, ...]  # per link type, those of the most specific qualifier level
     defaults: tuple[Gs1Link, ...]  # the default links of the level the default came from
+    extra: tuple[ExtraLink, ...] = ()  # other contexts' links, of types the key has no link of
 
 
-def link_target(link: Gs1Link) -> dict[str, Any]:
+def link_target(link: LinkTarget) -> dict[str, Any]:
     """One target object of an RFC 9264 linkset."""
     target: dict[str, Any] = {"href": link.href}
     if link.title:
@@ -137,7 +156,8 @@ def linkset_document(anchor: str, resolution: Resolution) -> dict[str, Any]:
     entry[relation_uri(DEFAULT_LINK)] = [link_target(default)]
     if len(resolution.defaults) > 1:
         entry[relation_uri(DEFAULT_LINK_MULTI)] = [link_target(d) for d in resolution.defaults]
-    for link in resolution.links:
+    listed: list[Gs1Link | ExtraLink] = [*resolution.links, *resolution.extra]
+    for link in listed:
         entry.setdefault(relation_uri(link.link_type), []).append(link_target(link))
     return {"linkset": [entry]}
 
@@ -232,9 +252,20 @@ class Gs1LinkService:
         return link
 
     def resolve(
-        self, digital_link: codec.DigitalLink, *, link_type: str | None = None, languages: Sequence[str] = ()
+        self,
+        digital_link: codec.DigitalLink,
+        *,
+        link_type: str | None = None,
+        languages: Sequence[str] = (),
+        extra_links: ExtraLinks | None = None,
+        linkset: bool = False,
     ) -> Resolution:
-        """Choose the target for `link_type` (or the default link) and gather the links for a linkset."""
+        """Choose the target for `link_type` (or the default link) and gather the links for a linkset.
+
+        `extra_links` is asked (with the tenant that links the key) only when its links can matter:
+        for a linkset, or for a link type the key has no link of. A stored link of a type wins over
+        an extra one.
+        """
         rows = self.links.for_resolution(digital_link.key, digital_link.qualifier_levels)
         levels = [[r for r in rows if r.qualifiers == level] for level in digital_link.qualifier_levels]
         levels = [level for level in levels if level]
@@ -250,9 +281,13 @@ class Gs1LinkService:
         defaults: list[Gs1Link] = next(
             ([r for r in level if r.is_default] for level in levels if any(r.is_default for r in level)), []
         )
-        target = negotiate_language(defaults or levels[0], languages)
+        target: LinkTarget = negotiate_language(defaults or levels[0], languages)
         wanted = normalise_link_type(link_type) if link_type else None
-        if wanted and wanted not in DEFAULT_REQUESTS and wanted not in LINKSET_REQUESTS:
+        specific = wanted is not None and wanted not in DEFAULT_REQUESTS and wanted not in LINKSET_REQUESTS
+        extra: tuple[ExtraLink, ...] = ()
+        if extra_links is not None and (linkset or (specific and wanted not in covered)):
+            extra = tuple(e for e in extra_links(levels[0][0].tenant_id) if e.link_type not in covered)
+        if specific:
             of_type = next(
                 (
                     [r for r in level if r.link_type == wanted]
@@ -261,9 +296,13 @@ class Gs1LinkService:
                 ),
                 [],
             )
-            if of_type:  # a type the key lacks falls back to the default link, as the standard asks
+            extra_of_type = [e for e in extra if e.link_type == wanted]
+            # A type the key lacks falls back to the default link, as the standard asks.
+            if of_type:
                 target = negotiate_language(of_type, languages)
-        return Resolution(digital_link, target, tuple(links), tuple(defaults))
+            elif extra_of_type:
+                target = extra_of_type[0]
+        return Resolution(digital_link, target, tuple(links), tuple(defaults), extra)
 
 
 def _check_href(href: str) -> str:

@@ -5,6 +5,12 @@ qualifiers (`/01/{GTIN-14}/21/{serial}`). An EPC URN marks the GS1 Company Prefi
 Link does not. Canonicalising to the Digital Link form drops that split, so matching never needs the
 company prefix length. Going the other way (`dl_to_urn`) does: the caller gives it, or it is looked up in
 GS1's company prefix length table that `biip` ships.
+
+An IIP identifier (a handle) is an EPC too, written `hdl:88.118.8/X`, as a Handle proxy URL
+(`https://hdl.handle.net/88.118.8/X`) or as a Handle REST URL (`https://<host>/api/handles/88.118.8/X`);
+`iip.identifiers.public.handle_named_by` reads the three. Its canonical form is `hdl:` and the handle
+in lower case (handles are case-insensitive in lookup). A handle is no GS1 identifier: the event hash
+keeps it as written.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from urllib.parse import quote, unquote, urlsplit
 from biip.checksums import gs1_standard_check_digit
 from biip.gs1_prefixes import GS1CompanyPrefix
 
+from iip.identifiers.public import HANDLE_PROXIES, InvalidHandle, handle_named_by
+
 DL_BASE = "https://id.gs1.org"
+HANDLE_BASE = "hdl:"
 _DL_SAFE = "!'()*+,-.:;=_"
 
 
@@ -162,7 +171,7 @@ def is_gs1_identifier(value: str) -> bool:
     text = value.strip()
     if _URN.fullmatch(text) or _SGTIN_PATTERN.fullmatch(text):
         return True
-    if not _may_be_link(text):
+    if not _may_be_link(text) or _is_handle_form(text):
         return False
     try:
         _parse_dl(value)
@@ -171,12 +180,38 @@ def is_gs1_identifier(value: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=16_384)
+def is_handle(value: str) -> bool:
+    """Whether a value is written as a handle (valid or not): `check` says whether it names one."""
+    return _is_handle_form(value.strip())
+
+
+def _is_handle_form(text: str) -> bool:
+    """Whether `text` is written as a handle (valid or not), so is no GS1 Digital Link whatever its path holds."""
+    try:
+        return handle_named_by(text) is not None
+    except InvalidHandle:
+        return True
+
+
+def handle_uri(value: str) -> str | None:
+    """`hdl:<prefix>/<suffix>` in lower case for a handle in any of its forms; None for other values.
+
+    Raises IdentifierError for a value written as a handle that names no valid one (`hdl:88.118.8`).
+    """
+    try:
+        name = handle_named_by(value)
+    except InvalidHandle as err:
+        raise IdentifierError(f"{value.strip()[:100]!r}: {err.message}") from None
+    return None if name is None else HANDLE_BASE + name.key
+
+
 # The forms nearly every event carries, canonicalised without the general path's round trip through
 # a Digital Link string. Only serials that need no percent-encoding take it, so the result is the
 # general path's exactly; any other form, and any wrong check digit, goes the general way.
 _PLAIN = r"[A-Za-z0-9!'()*+,\-.:;=_~]+"
 _FAST_URN = re.compile(rf"urn:epc:(id:sgtin|class:lgtin|id:sscc|id:sgln):([0-9]+)\.([0-9]*)(?:\.({_PLAIN}))?")
-_FAST_LINK = re.compile(rf"https?://[^/?#\s\[\]]+/(00|01|414)/([0-9]+)(?:/(10|21|254)/({_PLAIN}))?(?:[?#]\S*)?")
+_FAST_LINK = re.compile(rf"https?://([^/?#\s\[\]]+)/(00|01|414)/([0-9]+)(?:/(10|21|254)/({_PLAIN}))?(?:[?#]\S*)?")
 # URN scheme → (key AI, AI of its last component); SSCC has none, SGLN's extension 0 is the GLN itself
 _FAST_URN_SCHEMES = {"id:sgtin": ("01", "21"), "class:lgtin": ("01", "10"), "id:sscc": ("00", None)}
 _FAST_LINK_FORMS = {("00", None), ("01", None), ("01", "10"), ("01", "21"), ("414", None), ("414", "254")}
@@ -213,8 +248,9 @@ def _fast_canonical(value: str) -> str | None:
     link = _FAST_LINK.fullmatch(value)
     if link is None:
         return None
-    ai, key, qualifier_ai, qualifier = link.groups()
-    if (ai, qualifier_ai) not in _FAST_LINK_FORMS or len(key) != _KEY_LENGTHS[ai]:
+    host, ai, key, qualifier_ai, qualifier = link.groups()
+    # A Handle proxy's path is a handle whatever it looks like: the general path reads it as one.
+    if (ai, qualifier_ai) not in _FAST_LINK_FORMS or len(key) != _KEY_LENGTHS[ai] or host.lower() in HANDLE_PROXIES:
         return None
     if _check_digit(key[:-1]) != key[-1]:
         return None
@@ -225,9 +261,11 @@ def _fast_canonical(value: str) -> str | None:
 
 @lru_cache(maxsize=16_384)
 def canonical(identifier: str) -> str:
-    """The matching form: a Digital Link URI on id.gs1.org; a value that is no GS1 identifier comes back unchanged.
+    """The matching form: a Digital Link URI on id.gs1.org, `hdl:` and a handle in lower case; any
+    other value comes back unchanged.
 
-    Raises IdentifierError for a GS1 identifier with a wrong check digit or a malformed structure.
+    Raises IdentifierError for a GS1 identifier with a wrong check digit or a malformed structure, and
+    for a value written as a handle that names none.
     Results are cached: an event's identifiers are canonicalised by validation, hashing and indexing.
     """
     value = identifier.strip()
@@ -238,8 +276,17 @@ def canonical(identifier: str) -> str:
 def _canonical(identifier: str, value: str) -> str:
     if value.startswith("urn:epc:"):
         value = urn_to_dl(value)
-    elif not is_gs1_identifier(value):
-        return identifier
+    else:
+        # Not an EPC URN: a handle, a Digital Link, or kept as written (`is_gs1_identifier`, in steps).
+        if value[:4].lower() != HANDLE_BASE and not _may_be_link(value):
+            return identifier
+        handle = handle_uri(value)
+        if handle is not None:
+            return handle
+        try:
+            _parse_dl(value)
+        except IdentifierError:
+            return identifier
     key_ai, key, qualifiers = _parse_dl(value)
     key = _check_key(key_ai, key, identifier)
     allowed = _QUALIFIER_AIS.get(key_ai, ())
