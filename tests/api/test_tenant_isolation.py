@@ -198,6 +198,12 @@ PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES | CODE_PUBLIC_ROUTES
 from tests.traceability.profiles_isolation_kinds import PUBLIC_ROUTES as PROFILE_ROUTES  # noqa: E402
 
 PUBLIC_ROUTES = PUBLIC_ROUTES | PROFILE_ROUTES
+from tests.analytics.isolation_kinds import ANALYTICS_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in ANALYTICS_KINDS.items()})
+from tests.analytics.pages_isolation_kinds import PAGE_KINDS as ANALYTICS_PAGE_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in ANALYTICS_PAGE_KINDS.items()})
 
 
 @pytest.fixture
