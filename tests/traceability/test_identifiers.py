@@ -89,6 +89,15 @@ def test_malformed_urns_are_rejected(value: str) -> None:
     assert check(value) is not None
 
 
+@pytest.mark.parametrize("value", ["https://id.gs1.org/01/1061414107346²", "https://id.gs1.org/414/061414107346\u0663"])
+def test_digits_other_than_ascii_are_refused_not_a_crash(value: str) -> None:
+    # str.isdigit() takes superscripts and other scripts' digits; a GS1 key is ASCII digits only.
+    problem = check(value)
+    assert problem is not None
+    with pytest.raises(IdentifierError):
+        canonical(value)
+
+
 def test_non_gs1_identifiers_pass_through() -> None:
     assert canonical("urn:uuid:374d95fc-9457-4a51-bd6a-0bba133845a8") == "urn:uuid:374d95fc-9457-4a51-bd6a-0bba133845a8"
     assert check("https://transaction.acme.com/po/12345678") is None

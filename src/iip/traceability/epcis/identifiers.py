@@ -58,7 +58,8 @@ _SGTIN_PATTERN = re.compile(r"urn:epc:idpat:sgtin:(\d{6,12})\.(\d{1,7})\.\*")
 
 
 def _check_digit_ok(digits: str) -> bool:
-    return digits.isdigit() and gs1_standard_check_digit(digits[:-1]) == int(digits[-1])
+    # isdigit() alone also takes superscripts and other digits int() refuses.
+    return digits.isascii() and digits.isdigit() and gs1_standard_check_digit(digits[:-1]) == int(digits[-1])
 
 
 def _with_check_digit(payload: str) -> str:
