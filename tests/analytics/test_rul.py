@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -90,6 +91,19 @@ def test_interval_covers_held_out_units_about_as_stated(
     coverage = float(np.concatenate(inside).mean())
     assert 0.8 <= coverage <= 0.99
     assert model.report["held_out_coverage"] == pytest.approx(0.9, abs=0.03)
+
+
+def test_interval_holds_the_estimate_when_a_bin_is_one_sided(
+    model: RulModel, fleet: tuple[list[np.ndarray], list[np.ndarray]]
+) -> None:
+    # Near the cap every residual of a bin can be positive: the interval still holds the estimate.
+    one_sided = copy.copy(model)
+    one_sided.lower_offsets = np.abs(model.lower_offsets) + 3.0
+    one_sided.upper_offsets = np.abs(model.upper_offsets) + 6.0
+    curve = one_sided.predict_cycles(fleet[1][0])
+    assert (curve.lower <= curve.point).all()
+    assert (curve.point <= curve.upper).all()
+    assert (curve.upper > curve.point).any()
 
 
 def test_latest_cycle_matches_every_cycle(model: RulModel, fleet: tuple[list[np.ndarray], list[np.ndarray]]) -> None:

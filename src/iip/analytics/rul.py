@@ -556,8 +556,10 @@ class RulModel:
     def _interval(self, point: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         point = np.clip(point, 0.0, self.cap)
         which = np.searchsorted(self.edges, point, side="right")
-        lower = np.clip(point + self.lower_offsets[which], 0.0, self.cap)
-        upper = np.clip(point + self.upper_offsets[which], 0.0, self.cap)
+        # A bin whose residuals all have one sign (near the cap the model underestimates) would put
+        # the interval beside the estimate; widening it to hold the estimate only raises coverage.
+        lower = np.minimum(np.clip(point + self.lower_offsets[which], 0.0, self.cap), point)
+        upper = np.maximum(np.clip(point + self.upper_offsets[which], 0.0, self.cap), point)
         return point, lower, upper
 
     def predict_cycles(self, history: npt.ArrayLike | Mapping[str, npt.ArrayLike]) -> RulCurve:
