@@ -1,0 +1,25 @@
+"""Shared by the security tests: where the ICS data sets are, and a guard that needs them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.services import in_ci
+
+# The data sets live beside the project (`../shared/datasets/ics/`), not in it.
+ICS_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ics"
+PCAPS = ICS_DATASETS / "pcaps"
+MODBUS_ATTACKS = ICS_DATASETS / "modbus-attacks"
+CSAF = ICS_DATASETS / "csaf"
+
+
+def require_dataset(path: Path) -> Path:
+    """`path` if it exists; otherwise skip locally, fail under CI=true."""
+    if path.exists():
+        return path
+    message = f"ICS data set not found at {path}"
+    if in_ci():
+        pytest.fail(message + " (CI=true: the data sets are required)")
+    pytest.skip(message)
