@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from iip.api.app import create_app
+from iip.kernel import auth as kernel_auth
 from iip.kernel.auth import AccessService, Role
 from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
@@ -23,6 +25,11 @@ from iip.migrations.runner import upgrade
 from tests.services import POSTGRES_URL, require_service
 
 BACKENDS = ("sqlite", "postgresql")
+
+# Passwords and secrets are hashed with argon2id at its lowest work factor in this process: the same
+# code hashes and verifies them, but the production cost (about 0.15 s a hash) paid thousands of
+# times was minutes of the suite. Subprocesses the tests start keep the production cost.
+kernel_auth._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
 @contextmanager
@@ -33,7 +40,7 @@ def postgres_database(template: str | None = None) -> Iterator[str]:
     name = f"iip_t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        copy_of = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+        copy_of = f' TEMPLATE "{template}" STRATEGY WAL_LOG' if template else ""
         conn.execute(text(f'CREATE DATABASE "{name}"{copy_of}'))
     try:
         yield url.set(database=name).render_as_string(hide_password=False)

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -161,8 +162,11 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-# A fixed hash to verify against when the user does not exist, so timing does not reveal usernames.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+@cache
+def _dummy_hash() -> str:
+    """A fixed hash to verify against when the user does not exist, so timing does not reveal
+    usernames; made on first use, as hashing costs a tenth of a second that every CLI start-up paid."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 def sha256_hex(value: str) -> str:
@@ -377,7 +381,7 @@ class AccessService:
         user = self.session.scalar(select(User).where(User.username == username.strip().lower()))
         now = utcnow()
         if user is None:
-            verify_password(_DUMMY_HASH, password)
+            verify_password(_dummy_hash(), password)
             raise Unauthenticated("wrong username or password", code="bad_credentials")
         if user.locked_until is not None and user.locked_until > now:
             raise Unauthenticated("account locked after repeated failed logins", code="locked")
