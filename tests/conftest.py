@@ -22,6 +22,7 @@ from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
 from iip.kernel.settings import Settings
 from iip.migrations.runner import upgrade
+from tests.cli.conftest import InProcessIip
 from tests.services import POSTGRES_URL, require_service
 
 BACKENDS = ("sqlite", "postgresql")
@@ -162,6 +163,39 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
     app = create_app(runtime=runtime, configure_logs=False)
     with TestClient(app) as test_client:
         yield test_client
+
+
+@dataclass(frozen=True)
+class CliDatabase:
+    """A migrated database shared by a module of CLI tests, and the data dir the commands use."""
+
+    db: Database
+    url: str
+    folder: Path
+
+    def in_process(self, monkeypatch: pytest.MonkeyPatch, cwd: Path) -> InProcessIip:
+        """`iip` run in this process against this database, from `cwd`."""
+        monkeypatch.chdir(cwd)
+        env = {"IIP_DATA_DIR": str(self.folder / "var"), "IIP_DATABASE_URL": self.url, "IIP_LOG_FORMAT": "text"}
+        return InProcessIip(monkeypatch, env)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def cli_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, migrated_templates: MigratedTemplates
+) -> Iterator[CliDatabase]:
+    """One migrated database per backend for a module of CLI tests; each test makes a tenant of its own."""
+    folder = tmp_path_factory.mktemp("cli")
+    with migrated_templates.copy(str(request.param), folder) as url:
+        db = Database(url)
+        yield CliDatabase(db, url, folder)
+        db.dispose()
+
+
+@pytest.fixture
+def iip(cli_database: CliDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> InProcessIip:
+    """`iip` in this process on the module's `cli_database` (tests/cli/ runs the real script instead)."""
+    return cli_database.in_process(monkeypatch, tmp_path)
 
 
 @dataclass(frozen=True)

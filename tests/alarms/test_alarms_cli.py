@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,9 @@ from iip.kernel.bus import MemoryBus
 from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
 from iip.kernel.settings import Settings
-from iip.migrations.runner import upgrade
 from iip.telemetry.public import PointBatchBuilder, store_points
 from tests.cli.conftest import InProcessIip, one_line
-from tests.conftest import BACKENDS, database_url
+from tests.conftest import CliDatabase
 
 END = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
 RULE: dict[str, Any] = {
@@ -38,35 +35,6 @@ RULE: dict[str, Any] = {
     "high": 1.6,
     "priority": "high",
 }
-
-
-@dataclass(frozen=True)
-class CliDatabase:
-    db: Database
-    url: str
-    folder: Path
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliDatabase]:
-    """One migrated database per backend for the module; each test makes a tenant of its own."""
-    folder = tmp_path_factory.mktemp("alarms-cli")
-    with database_url(str(request.param), folder) as url:
-        db = Database(url)
-        upgrade(db)
-        yield CliDatabase(db, url, folder)
-        db.dispose()
-
-
-@pytest.fixture
-def iip(cli_database: CliDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> InProcessIip:
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "IIP_DATA_DIR": str(cli_database.folder / "var"),
-        "IIP_DATABASE_URL": cli_database.url,
-        "IIP_LOG_FORMAT": "text",
-    }
-    return InProcessIip(monkeypatch, env)
 
 
 @pytest.fixture

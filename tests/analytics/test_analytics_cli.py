@@ -7,8 +7,6 @@ import datetime as dt
 import io
 import json
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,45 +16,14 @@ from sqlalchemy import select
 from iip.kernel.audit import AuditEntry
 from iip.kernel.auth import AccessService
 from iip.kernel.bus import MemoryBus
-from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
 from iip.kernel.settings import Settings
-from iip.migrations.runner import upgrade
 from iip.telemetry.public import PointBatchBuilder, store_points
 from tests.analytics.support import RUL_QUICK, RUL_VARIABLES, VARIABLES, csv_bytes, faulty, normal_data, rul_fleet_csv
 from tests.cli.conftest import InProcessIip, one_line
-from tests.conftest import BACKENDS, database_url
+from tests.conftest import CliDatabase
 
 START = dt.datetime(2026, 1, 5, 8, 0, tzinfo=dt.UTC)
-
-
-@dataclass(frozen=True)
-class CliDatabase:
-    db: Database
-    url: str
-    folder: Path
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliDatabase]:
-    """One migrated database per backend for the module; each test makes a tenant of its own."""
-    folder = tmp_path_factory.mktemp("analytics-cli")
-    with database_url(str(request.param), folder) as url:
-        db = Database(url)
-        upgrade(db)
-        yield CliDatabase(db, url, folder)
-        db.dispose()
-
-
-@pytest.fixture
-def iip(cli_database: CliDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> InProcessIip:
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "IIP_DATA_DIR": str(cli_database.folder / "var"),
-        "IIP_DATABASE_URL": cli_database.url,
-        "IIP_LOG_FORMAT": "text",
-    }
-    return InProcessIip(monkeypatch, env)
 
 
 @pytest.fixture

@@ -4,53 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iip.cli.context import out_console
 from iip.kernel.auth import AccessService
-from iip.kernel.db import Database
-from iip.migrations.runner import upgrade
 from iip.traceability.epcis.documents import read_document
 from iip.traceability.epcis.identifiers import urn_to_dl
 from tests.cli.conftest import InProcessIip, one_line
-from tests.conftest import BACKENDS, database_url
+from tests.conftest import CliDatabase
 from tests.traceability.query_support import capture_events
 
 SGTIN = "urn:epc:id:sgtin:0614141.107346.{}"
-
-
-@dataclass(frozen=True)
-class CliDatabase:
-    db: Database
-    url: str
-    folder: Path
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def cli_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliDatabase]:
-    """One migrated database per backend for the module; each test makes a tenant of its own."""
-    folder = tmp_path_factory.mktemp("query-cli")
-    with database_url(str(request.param), folder) as url:
-        db = Database(url)
-        upgrade(db)
-        yield CliDatabase(db, url, folder)
-        db.dispose()
-
-
-@pytest.fixture
-def iip(cli_database: CliDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> InProcessIip:
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "IIP_DATA_DIR": str(cli_database.folder / "var"),
-        "IIP_DATABASE_URL": cli_database.url,
-        "IIP_LOG_FORMAT": "text",
-    }
-    return InProcessIip(monkeypatch, env)
 
 
 def event(day: int, **fields: Any) -> dict[str, Any]:
