@@ -17,10 +17,11 @@ from iip.kernel.auth import (
     hash_password,
     role_can,
     sha256_hex,
+    tenant_to_read,
     verify_password,
 )
 from iip.kernel.db import Database, utcnow
-from iip.kernel.errors import Conflict, Forbidden, Invalid, Unauthenticated
+from iip.kernel.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from iip.kernel.settings import AuthSettings
 
 PASSWORD = "correct horse battery"
@@ -291,3 +292,29 @@ def test_principal_require_raises_forbidden_naming_the_permission() -> None:
     assert viewer.label == "apikey:dash"
     assert dataclasses.replace(viewer, role=Role.PLATFORM_OPERATOR).is_platform
     assert not viewer.is_platform
+
+
+# --- tenant scope -----------------------------------------------------------------------------
+
+
+def test_a_tenant_member_reads_and_writes_only_in_its_own_tenant(migrated_db: Database, tenant_id: str) -> None:
+    member = Principal("user", "u1", "alice", tenant_id, Role.ADMIN)
+    with migrated_db.session() as session:
+        other = AccessService(session).create_tenant("other").id
+        assert tenant_to_read(member, other) == tenant_id
+        assert tenant_to_read(member, None) == tenant_id
+        assert AccessService(session).tenant_to_write(member, other) == tenant_id
+
+
+def test_a_platform_operator_names_the_tenant(migrated_db: Database, tenant_id: str) -> None:
+    operator = Principal("user", "op", "operator", "", Role.PLATFORM_OPERATOR)
+    with migrated_db.session() as session:
+        access = AccessService(session)
+        assert tenant_to_read(operator, None) is None  # every tenant
+        assert tenant_to_read(operator, tenant_id) == tenant_id
+        assert access.tenant_to_write(operator, tenant_id) == tenant_id
+        with pytest.raises(Invalid) as refused:
+            access.tenant_to_write(operator, None)
+        assert refused.value.instance_code == "tenant_required"
+        with pytest.raises(NotFound):
+            access.tenant_to_write(operator, "no-such-tenant")

@@ -41,7 +41,7 @@ from iip.analytics.training import (
     telemetry_sources,
 )
 from iip.kernel import audit
-from iip.kernel.auth import AccessService, Principal, new_id
+from iip.kernel.auth import AccessService, Principal, new_id, tenant_to_read
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, Invalid, NotFound
 from iip.kernel.runtime import Runtime
@@ -141,17 +141,11 @@ class AnalyticsService:
     # --- scoping
 
     def _scope(self, tenant_id: str | None) -> str | None:
-        if self.actor.is_platform:
-            return tenant_id or None
-        return self.actor.tenant_id
+        return tenant_to_read(self.actor, tenant_id)
 
     def tenant_for(self, tenant_id: str | None) -> str:
         """The tenant a new object goes to: the actor's own, or (platform operators) the one named."""
-        if tenant_id and self.actor.is_platform and tenant_id != self.actor.tenant_id:
-            return AccessService(self.session).get_tenant(tenant_id, self.actor).id
-        if not self.actor.tenant_id:
-            raise Invalid("name the tenant to act in", code="tenant_required")
-        return self.actor.tenant_id
+        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
 
     def _visible(self, row: Model | None) -> bool:
         return row is not None and (self.actor.is_platform or row.tenant_id == self.actor.tenant_id)

@@ -183,6 +183,14 @@ def check_name(value: str, what: str) -> str:
 # --- services ---------------------------------------------------------------------------------
 
 
+def tenant_to_read(actor: Principal, tenant_id: str | None) -> str | None:
+    """The tenant a read of `actor` is limited to: its own; for a platform operator the one named,
+    or None (every tenant)."""
+    if actor.is_platform:
+        return tenant_id or None
+    return actor.tenant_id
+
+
 class AccessService:
     """Tenants, users and API keys. Callers pass the acting principal; scoping is enforced here."""
 
@@ -212,6 +220,14 @@ class AccessService:
         if tenant is None or (actor is not None and not actor.is_platform and tenant.id != actor.tenant_id):
             raise NotFound(f"tenant '{tenant_id}' not found")
         return tenant
+
+    def tenant_to_write(self, actor: Principal, tenant_id: str | None) -> str:
+        """The tenant a new object of `actor` goes to: its own, or (platform operators) the one named."""
+        if tenant_id and actor.is_platform and tenant_id != actor.tenant_id:
+            return self.get_tenant(tenant_id, actor).id
+        if not actor.tenant_id:
+            raise Invalid("name the tenant to act in", code="tenant_required")
+        return actor.tenant_id
 
     def tenant_by_name(self, name: str) -> Tenant:
         tenant = self.session.scalar(select(Tenant).where(Tenant.name == name.strip().lower()))

@@ -275,11 +275,7 @@ class CaptureService:
 
     def _tenant_for(self, actor: Principal, tenant_id: str | None) -> str:
         """The tenant events go to: the actor's own, or (platform operators) the one named."""
-        if tenant_id and actor.is_platform and tenant_id != actor.tenant_id:
-            return AccessService(self.session).get_tenant(tenant_id, actor).id
-        if not actor.tenant_id:
-            raise Invalid("name the tenant to act in", code="tenant_required")
-        return actor.tenant_id
+        return AccessService(self.session).tenant_to_write(actor, tenant_id)
 
     def job(self, actor: Principal, job_id: str) -> CaptureJob:
         actor.require("traceability.read")

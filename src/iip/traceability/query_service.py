@@ -124,11 +124,7 @@ class QueryService:
 
     def _tenant_for(self, tenant_id: str | None) -> str:
         """The tenant a new named query goes to: the actor's own, or (platform operators) the one named."""
-        if tenant_id and self.actor.is_platform and tenant_id != self.actor.tenant_id:
-            return AccessService(self.session).get_tenant(tenant_id, self.actor).id
-        if not self.actor.tenant_id:
-            raise Invalid("name the tenant to act in", code="tenant_required")
-        return self.actor.tenant_id
+        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
 
     # --- events
 

@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from iip.alarms.public import ALARM_EVENTS, AlarmEvent
-from iip.kernel.auth import AccessService, Principal, new_id
+from iip.kernel.auth import AccessService, Principal, new_id, tenant_to_read
 from iip.kernel.bus import Bus
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, Invalid, NotFound
@@ -157,19 +157,13 @@ class CodeService:
         self.settings = settings
         self.clock = clock
 
-    # scoping, as the other contexts do it
+    # scoping
 
     def _scope(self, tenant_id: str | None) -> str | None:
-        if self.actor.is_platform:
-            return tenant_id or None
-        return self.actor.tenant_id
+        return tenant_to_read(self.actor, tenant_id)
 
     def tenant_for(self, tenant_id: str | None) -> str:
-        if tenant_id and self.actor.is_platform and tenant_id != self.actor.tenant_id:
-            return AccessService(self.session).get_tenant(tenant_id, self.actor).id
-        if not self.actor.tenant_id:
-            raise Invalid("name the tenant to act in", code="tenant_required")
-        return self.actor.tenant_id
+        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
 
     def _visible(self, tenant_id: str) -> bool:
         return self.actor.is_platform or tenant_id == self.actor.tenant_id
