@@ -198,6 +198,11 @@ PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES | CODE_PUBLIC_ROUTES
 from tests.traceability.profiles_isolation_kinds import PUBLIC_ROUTES as PROFILE_ROUTES  # noqa: E402
 
 PUBLIC_ROUTES = PUBLIC_ROUTES | PROFILE_ROUTES
+from tests.security.isolation_kinds import PUBLIC_ROUTES as SECURITY_PUBLIC_ROUTES  # noqa: E402
+from tests.security.isolation_kinds import SECURITY_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in SECURITY_KINDS.items()})
+PUBLIC_ROUTES = PUBLIC_ROUTES | SECURITY_PUBLIC_ROUTES
 from tests.analytics.isolation_kinds import ANALYTICS_KINDS  # noqa: E402
 
 OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in ANALYTICS_KINDS.items()})

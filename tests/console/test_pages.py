@@ -97,10 +97,22 @@ def test_navigation_follows_the_role(client: TestClient, runtime: Runtime, tenan
         "/traceability/codes",
         "/traceability/code-alerts",
     ]
-    assert nav_links(client.get("/").text) == ["/", *access, *devices, *alarms, *analytics, *identifiers, *traceability]
+    security = [
+        "/security",
+        "/security/assets",
+        "/security/alerts",
+        "/security/captures",
+        "/security/baselines",
+        "/security/honeypot",
+        "/security/advisories",
+        "/security/inbox",
+        "/security/incidents",
+    ]
+    everything = [*devices, *alarms, *analytics, *identifiers, *security, *traceability]
+    assert nav_links(client.get("/").text) == ["/", *access, *everything]
     client.cookies.clear()
     sign_in(client, "audrey", PASSWORD)
-    readable = [*devices, *alarms, *analytics, "/identifiers/search", "/identifiers/filings", *traceability]
+    readable = [*devices, *alarms, *analytics, "/identifiers/search", "/identifiers/filings", *security, *traceability]
     assert nav_links(client.get("/").text) == ["/", "/access/audit", *readable]
     client.cookies.clear()
     sign_in(client, "vera", PASSWORD)

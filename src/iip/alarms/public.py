@@ -4,6 +4,10 @@ Other contexts (analytics scores, security alerts) publish `AlarmEvent`s on `ALA
 kind `event` turn them into alarms. Every transition of an alarm (condition, acknowledgement,
 shelving, suppression, service) is published on `ALARM_CHANGES`, which notifications and the
 console's live feed consume.
+
+Signed webhooks and e-mail are sent here the way alarm notifications send them (`send_signed_webhook`,
+`send_email`, `verify_webhook`), for other contexts that deliver messages of their own (security
+bulletins).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from iip.kernel.bus import Subject
+from iip.kernel.settings import AlarmNotificationSettings
 
 
 class Priority(StrEnum):
@@ -91,3 +96,74 @@ class AlarmChange(BaseModel):
 
 ALARM_EVENTS: Subject[AlarmEvent] = Subject("alarms.events", AlarmEvent)
 ALARM_CHANGES: Subject[AlarmChange] = Subject("alarms.changes", AlarmChange)
+
+
+# --- delivery that other contexts share: signed webhooks and e-mail, as alarm notifications send them
+
+
+class Delivered(BaseModel):
+    """What one webhook or e-mail delivery came to: `ok`, or the reason and whether retrying can help."""
+
+    ok: bool
+    error: str = ""
+    permanent: bool = False
+    note: str = ""  # delivered, with a remark (some e-mail recipients refused)
+
+
+def encode_webhook_body(body: dict[str, Any]) -> bytes:
+    """The bytes a webhook sends and signs: compact JSON, keys sorted, UTF-8."""
+    from iip.alarms.notify.webhook import encode_body
+
+    return encode_body(body)
+
+
+def verify_webhook(
+    secret: str, body: bytes, timestamp_header: str | None, signature_header: str | None, *, now: float
+) -> bool:
+    """Whether a received webhook carries a valid `X-IIP-Signature` of `secret`, signed recently."""
+    from iip.alarms.notify.webhook import verify_signature
+
+    return verify_signature(secret, body, timestamp_header, signature_header, now=now)
+
+
+def check_webhook_url(url: str) -> str:
+    """An http(s) URL with a host; raises ValueError with a readable message otherwise."""
+    from iip.alarms.notify.webhook import check_url
+
+    return check_url(url)
+
+
+def check_email_address(value: str) -> str:
+    """An e-mail address (no display name); raises ValueError with a readable message otherwise."""
+    from iip.alarms.notify.email import check_address
+
+    return check_address(value)
+
+
+async def send_signed_webhook(
+    url: str, secret: str, delivery_id: str, body: dict[str, Any], *, timestamp: int, timeout_s: float
+) -> Delivered:
+    """POST `body` signed with `secret` (headers `X-IIP-Delivery`, `X-IIP-Timestamp`, `X-IIP-Signature`)."""
+    from iip.alarms.notify.webhook import DeliveryFailed, encode_body, post
+
+    try:
+        await post(url, secret, delivery_id, encode_body(body), timestamp=timestamp, timeout_s=timeout_s)
+    except DeliveryFailed as err:
+        return Delivered(ok=False, error=err.message, permanent=err.permanent)
+    return Delivered(ok=True)
+
+
+async def send_email(
+    settings: AlarmNotificationSettings, recipients: list[str], subject: str, body: str, *, delivery_id: str
+) -> Delivered:
+    """Send a plain-text message through the SMTP server alarm notifications use."""
+    from iip.alarms.notify.email import SmtpConfig, build_message, send
+    from iip.alarms.notify.webhook import DeliveryFailed
+
+    config = SmtpConfig.of(settings)
+    message = build_message(config.sender, recipients, subject, body, delivery_id=delivery_id)
+    try:
+        note = await send(config, message, recipients)
+    except DeliveryFailed as err:
+        return Delivered(ok=False, error=err.message, permanent=err.permanent)
+    return Delivered(ok=True, note=note)

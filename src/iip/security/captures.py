@@ -1,0 +1,74 @@
+"""What a decoded capture comes to: packets, messages per protocol, malformed frames by reason, the
+time it spans, and the hosts it shows (`inventory.InventoryBuilder`: roles, units, point ranges).
+
+One pass over `capture.CaptureReader`; whoever else needs the packets (a baseline learner, a
+detector) observes them in the same pass, so a capture is read once and never held in memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from iip.security.capture import CaptureReader
+from iip.security.inventory import InventoryBuilder
+from iip.security.protocols.base import IcsMessage, PacketInfo
+from iip.security.records import ObservedAsset
+
+Observer = Callable[[PacketInfo, list[IcsMessage]], None]
+
+
+@dataclass(slots=True)
+class CaptureSummary:
+    frames: int = 0  # records in the file
+    packets: int = 0  # IP packets among them
+    messages: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+    first_time: dt.datetime | None = None
+    last_time: dt.datetime | None = None
+    assets: list[ObservedAsset] = field(default_factory=list)
+    error: str = ""  # why the file could not be read to its end; "" when it could
+
+
+def summarize(
+    decoded: Iterable[tuple[PacketInfo, list[IcsMessage]]], observers: Sequence[Observer] = ()
+) -> CaptureSummary:
+    """One pass over decoded packets: counts, time span and hosts; each observer sees every packet too."""
+    summary = CaptureSummary()
+    inventory = InventoryBuilder()
+    for packet, messages in decoded:
+        summary.packets += 1
+        _span(summary, packet.time)
+        inventory.observe(packet, messages)
+        for observe in observers:
+            observe(packet, messages)
+        count(summary, messages)
+    summary.assets = [asset.to_record() for asset in inventory.assets()]
+    return summary
+
+
+def count(summary: CaptureSummary, messages: Iterable[IcsMessage]) -> None:
+    for message in messages:
+        summary.messages[message.protocol.value] += 1
+        if message.malformed:
+            summary.malformed[message.malformed] += 1
+
+
+def decode_capture(source: str | Path | IO[bytes], observers: Sequence[Observer] = ()) -> CaptureSummary:
+    """Read a pcap/pcapng file; a damaged or foreign file gives what was read and `error`, never raises."""
+    reader = CaptureReader(source)
+    summary = summarize(reader, observers)
+    count(summary, reader.finish())  # frames still pending when the capture ended
+    summary.frames, summary.error = reader.frames, reader.error
+    return summary
+
+
+def _span(summary: CaptureSummary, at: dt.datetime) -> None:
+    if summary.first_time is None or at < summary.first_time:
+        summary.first_time = at
+    if summary.last_time is None or at > summary.last_time:
+        summary.last_time = at

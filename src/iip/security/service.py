@@ -1,0 +1,1247 @@
+"""Use cases of the security context: assets, alerts, baselines, captures, advisories and their
+matches, honeypot indicators, incidents, early-warning bulletins and situational awareness.
+
+Every call is scoped to the acting principal's tenant (platform operators reach every tenant by
+id); another tenant's object is indistinguishable from a missing one. Reading needs
+`security.read`, changing `security.write`; acknowledging and closing alerts, settling matches and
+answering bulletins are writes too, and each change is appended to the audit log.
+
+Advisories are public documents and belong to the platform: only platform operators import them
+and publish bulletins. A bulletin reaches the tenants it affects (those with assets matched to its
+advisory or CVEs) or the ones the operator chooses; each recipient tenant sees it in its inbox and
+may receive it by webhook and e-mail (`bulletins.deliver` sends those after the commit).
+
+New alerts become `AlarmEvent`s (source `security`, kind `ics.<alert kind>`) in `events`, which
+the caller publishes once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from iip.alarms.public import AlarmEvent, check_email_address, check_webhook_url
+from iip.kernel import audit
+from iip.kernel.auth import AccessService, Principal, Tenant, new_id, tenant_to_read
+from iip.kernel.db import utcnow
+from iip.kernel.errors import Forbidden, Invalid, NotFound
+from iip.kernel.sealing import Sealer
+from iip.kernel.settings import Settings
+from iip.security.captures import CaptureSummary
+from iip.security.detection import SEVERITY_SCORES
+from iip.security.inventory import DeclaredAsset, merge_intervals, read_declared_assets_csv
+from iip.security.models import (
+    Advisory,
+    AdvisoryMatch,
+    Alert,
+    Asset,
+    Baseline,
+    Bulletin,
+    BulletinDelivery,
+    BulletinRecipient,
+    Capture,
+    Contact,
+    Incident,
+    IncidentEntry,
+    Indicator,
+)
+from iip.security.records import (
+    AdvisoryRecord,
+    AlertStatus,
+    AssetSource,
+    BulletinKind,
+    Channel,
+    IncidentState,
+    LearnedBaseline,
+    MatchRecord,
+    MatchStatus,
+    NewAlert,
+    ObservedAsset,
+    Remediation,
+    Resolution,
+    Severity,
+    Sighting,
+)
+
+SOURCE = "security"  # AlarmEvent source
+Clock = Callable[[], dt.datetime]
+MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MAX_EVIDENCE = 20  # frames and raw hex kept per alert
+RAW_HEX = 512  # characters of one frame's hex kept
+SEALING_PURPOSE = "security.webhook"  # what the sealed webhook secrets are bound to
+
+
+def parse_address(text: str) -> str:
+    """An IPv4 or IPv6 address in its normal text form."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise Invalid(f"'{text[:60]}' is not an IP address", code="address_invalid") from None
+
+
+def parse_mac(text: str) -> str:
+    mac = text.strip().lower().replace("-", ":")
+    if mac and not MAC.match(mac):
+        raise Invalid(f"'{text[:40]}' is not a MAC address such as 00:1d:9c:01:02:03", code="mac_invalid")
+    return mac
+
+
+def parse_choice(value: str, choices: type[Severity] | type[Remediation] | type[IncidentState], what: str) -> str:
+    try:
+        return choices(value.strip().lower()).value
+    except ValueError:
+        allowed = ", ".join(c.value for c in choices)
+        raise Invalid(f"{what} must be one of {allowed}, not '{value[:40]}'", code=f"{what}_invalid") from None
+
+
+def severity_of(cvss: float | None) -> Severity:
+    """The CVSS v3 qualitative band of a score (none counts as low)."""
+    if cvss is None or cvss < 4.0:
+        return Severity.LOW
+    if cvss < 7.0:
+        return Severity.MEDIUM
+    if cvss < 9.0:
+        return Severity.HIGH
+    return Severity.CRITICAL
+
+
+@dataclass(slots=True)
+class AssetFields:
+    """What a person declares of an asset; None leaves a field as it is."""
+
+    name: str | None = None
+    mac: str | None = None
+    role: str | None = None
+    vendor: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    protocols: list[str] | None = None
+    unit_ids: list[int] | None = None
+    register_ranges: list[list[int]] | None = None
+    criticality: str | None = None
+    owner: str | None = None
+
+
+@dataclass(slots=True)
+class AlertFilter:
+    status: str | None = None
+    severity: str | None = None
+    kind: str | None = None
+    address: str | None = None
+    site: str | None = None
+    capture_id: str | None = None
+    limit: int = 500
+
+
+@dataclass(slots=True)
+class AssetFilter:
+    site: str | None = None
+    text: str | None = None
+    source: str | None = None
+    role: str | None = None
+    protocol: str | None = None
+    criticality: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatchView:
+    match: AdvisoryMatch
+    asset: Asset
+    advisory: Advisory
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientView:
+    recipient: BulletinRecipient
+    bulletin: Bulletin
+    deliveries: list[BulletinDelivery]
+    overdue: bool
+
+
+@dataclass(slots=True)
+class Awareness:
+    """One tenant's (or the platform's) security situation and its risk score (docs/security.md)."""
+
+    tenant_id: str | None
+    open_alerts: dict[str, int] = field(default_factory=dict)  # per severity
+    vulnerable_assets: dict[str, int] = field(default_factory=dict)  # per CVSS band, unresolved matches
+    honeypot_24h: int = 0  # addresses seen in the last 24 hours
+    honeypot_7d: int = 0
+    sightings_24h: int = 0
+    bulletins_overdue: int = 0
+    bulletins_open: int = 0
+    risk: int = 0
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+# The risk score: four capped parts adding up to 100 at most (docs/security.md explains the weights).
+ALERT_WEIGHT = {"critical": 10.0, "high": 5.0, "medium": 2.0, "low": 1.0}
+VULNERABILITY_WEIGHT = {"critical": 6.0, "high": 3.0, "medium": 1.0, "low": 0.5}
+ALERT_CAP, VULNERABILITY_CAP, HONEYPOT_CAP, BULLETIN_CAP = 40.0, 30.0, 15.0, 15.0
+HONEYPOT_24H_WEIGHT, HONEYPOT_7D_WEIGHT, OVERDUE_WEIGHT = 3.0, 1.0, 5.0
+
+
+def risk_breakdown(
+    open_alerts: dict[str, int], vulnerable: dict[str, int], honeypot_24h: int, honeypot_7d: int, overdue: int
+) -> dict[str, float]:
+    alerts = sum(ALERT_WEIGHT.get(s, 0.0) * n for s, n in open_alerts.items())
+    vulnerabilities = sum(VULNERABILITY_WEIGHT.get(b, 0.0) * n for b, n in vulnerable.items())
+    honeypot = HONEYPOT_24H_WEIGHT * honeypot_24h + HONEYPOT_7D_WEIGHT * max(honeypot_7d - honeypot_24h, 0)
+    return {
+        "alerts": min(alerts, ALERT_CAP),
+        "vulnerabilities": min(vulnerabilities, VULNERABILITY_CAP),
+        "honeypot": min(honeypot, HONEYPOT_CAP),
+        "bulletins": min(OVERDUE_WEIGHT * overdue, BULLETIN_CAP),
+    }
+
+
+class SecurityService:
+    def __init__(
+        self,
+        session: Session,
+        actor: Principal,
+        *,
+        settings: Settings | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.session = session
+        self.actor = actor
+        self.settings = settings
+        self.clock = clock
+        self.events: list[AlarmEvent] = []  # to publish after the commit
+        self.deliveries: list[str] = []  # bulletin deliveries to send after the commit
+
+    # --- scoping
+
+    def _scope(self, tenant_id: str | None) -> str | None:
+        return tenant_to_read(self.actor, tenant_id)
+
+    def tenant_for(self, tenant_id: str | None) -> str:
+        """The tenant a new object goes to: the actor's own, or (platform operators) the one named."""
+        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
+
+    def _visible(self, tenant_id: str) -> bool:
+        return self.actor.is_platform or tenant_id == self.actor.tenant_id
+
+    def _read(self) -> None:
+        self.actor.require("security.read")
+
+    def _write(self) -> None:
+        self.actor.require("security.write")
+
+    def _platform(self) -> None:
+        self._write()
+        if not self.actor.is_platform:
+            raise Forbidden("only platform operators do this", code="platform_only")
+
+    def _audit(self, action: str, object_type: str, object_id: str, detail: str, tenant_id: str | None) -> None:
+        audit.append(
+            self.session,
+            self.actor,
+            audit.AuditRecord(
+                action=f"security.{action}",
+                object_type=object_type,
+                object_id=object_id,
+                detail=detail[:1000],
+                source=SOURCE,
+            ),
+            tenant_id=tenant_id,
+        )
+
+    # --- assets
+
+    def list_assets(self, *, tenant_id: str | None = None, where: AssetFilter | None = None) -> list[Asset]:
+        self._read()
+        where = where or AssetFilter()
+        query = select(Asset).order_by(Asset.tenant_id, Asset.site, Asset.address)
+        scope = self._scope(tenant_id)
+        if scope is not None:
+            query = query.where(Asset.tenant_id == scope)
+        for column, value in (
+            (Asset.site, where.site),
+            (Asset.source, where.source),
+            (Asset.role, where.role),
+            (Asset.criticality, where.criticality),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        rows = list(self.session.scalars(query))
+        if where.text:
+            text = where.text.lower()
+            rows = [r for r in rows if any(text in v.lower() for v in (r.address, r.name, r.vendor, r.model, r.owner))]
+        if where.protocol:
+            rows = [r for r in rows if where.protocol in r.protocols]
+        return rows
+
+    def get_asset(self, asset_id: str) -> Asset:
+        self._read()
+        row = self.session.get(Asset, asset_id[:32])
+        if row is None or not self._visible(row.tenant_id):
+            raise NotFound(f"asset '{asset_id[:40]}' not found", code="asset_not_found")
+        return row
+
+    def _asset_at(self, tenant_id: str, site: str, address: str) -> Asset | None:
+        query = select(Asset).where(Asset.tenant_id == tenant_id, Asset.site == site, Asset.address == address)
+        return self.session.scalar(query)
+
+    def create_asset(self, address: str, fields: AssetFields, *, site: str = "", tenant_id: str | None = None) -> Asset:
+        """Declare an asset; declaring one already observed fills in what people know of it."""
+        self._write()
+        tenant = self.tenant_for(tenant_id)
+        address = parse_address(address)
+        row = self._asset_at(tenant, site, address)
+        if row is None:
+            row = Asset(id=new_id(), tenant_id=tenant, site=site, address=address, source=AssetSource.DECLARED.value)
+            self.session.add(row)
+        self._apply(row, fields)
+        self.session.flush()
+        self._audit("asset.declare", "security_asset", row.id, f"{site}/{address}", tenant)
+        return row
+
+    def update_asset(self, asset_id: str, fields: AssetFields) -> Asset:
+        self._write()
+        row = self.get_asset(asset_id)
+        self._apply(row, fields)
+        self.session.flush()
+        self._audit("asset.update", "security_asset", row.id, f"{row.site}/{row.address}", row.tenant_id)
+        return row
+
+    def _apply(self, row: Asset, fields: AssetFields) -> None:
+        if fields.mac is not None:
+            row.mac = parse_mac(fields.mac)
+        if fields.criticality is not None:
+            row.criticality = parse_choice(fields.criticality, Severity, "criticality")
+        for name in ("name", "role", "vendor", "model", "firmware", "owner"):
+            value = getattr(fields, name)
+            if value is not None:
+                setattr(row, name, value.strip())
+        if fields.protocols is not None:
+            row.protocols = sorted({p.strip().lower() for p in fields.protocols if p.strip()})
+        if fields.unit_ids is not None:
+            row.unit_ids = sorted(set(fields.unit_ids))
+        if fields.register_ranges is not None:
+            if any(len(r) != 2 or r[0] > r[1] for r in fields.register_ranges):
+                raise Invalid("a register range is [first, last] with first <= last", code="range_invalid")
+            row.register_ranges = merge_ranges(fields.register_ranges)
+        row.updated_at = self.clock()
+
+    def import_assets_csv(self, content: bytes, *, site: str = "", tenant_id: str | None = None) -> list[Asset]:
+        """Declared assets from CSV (`inventory.CSV_COLUMNS`, `address` required): all rows or none.
+
+        An error names the row as a spreadsheet numbers it (the header is row 1).
+        """
+        self._write()
+        tenant = self.tenant_for(tenant_id)
+        try:
+            text = content.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise Invalid("the CSV is not UTF-8 text", code="asset_import_invalid") from None
+        rows: list[Asset] = []
+        for declared in read_declared_assets_csv(text):
+            address, fields = declared.address, declared_fields(declared)
+            row = self._asset_at(tenant, site, address)
+            if row is None:
+                row = Asset(
+                    id=new_id(), tenant_id=tenant, site=site, address=address, source=AssetSource.IMPORTED.value
+                )
+                self.session.add(row)
+            self._apply(row, fields)
+            rows.append(row)
+        self.session.flush()
+        self._audit("asset.import", "security_asset", "", f"{len(rows)} assets imported from CSV", tenant)
+        return rows
+
+    def record_observed(self, tenant_id: str, site: str, observed: Iterable[ObservedAsset]) -> int:
+        """Merge what traffic showed into the inventory; answers how many assets it touched."""
+        count = 0
+        for seen in observed:
+            try:
+                address = parse_address(seen.address)
+            except Invalid:
+                continue  # a capture's odd address is not an asset
+            row = self._asset_at(tenant_id, site, address)
+            if row is None:
+                row = Asset(
+                    id=new_id(), tenant_id=tenant_id, site=site, address=address, source=AssetSource.OBSERVED.value
+                )
+                row.protocols, row.unit_ids, row.register_ranges = [], [], []
+                self.session.add(row)
+            _merge_observed(row, seen)
+            row.updated_at = self.clock()
+            count += 1
+        self.session.flush()
+        return count
+
+    # --- alerts
+
+    def list_alerts(self, *, tenant_id: str | None = None, where: AlertFilter | None = None) -> list[Alert]:
+        self._read()
+        where = where or AlertFilter()
+        query = select(Alert).order_by(Alert.last_time.desc(), Alert.id).limit(where.limit)
+        scope = self._scope(tenant_id)
+        if scope is not None:
+            query = query.where(Alert.tenant_id == scope)
+        for column, value in (
+            (Alert.status, where.status),
+            (Alert.severity, where.severity),
+            (Alert.kind, where.kind),
+            (Alert.site, where.site),
+            (Alert.capture_id, where.capture_id),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if where.address:
+            query = query.where(
+                (Alert.source == where.address)
+                | (Alert.destination == where.address)
+                | Alert.source.startswith(where.address + ":", autoescape=True)
+                | Alert.destination.startswith(where.address + ":", autoescape=True)
+            )
+        return list(self.session.scalars(query))
+
+    def get_alert(self, alert_id: str) -> Alert:
+        self._read()
+        row = self.session.get(Alert, alert_id[:32])
+        if row is None or not self._visible(row.tenant_id):
+            raise NotFound(f"alert '{alert_id[:40]}' not found", code="alert_not_found")
+        return row
+
+    def acknowledge_alert(self, alert_id: str, note: str = "") -> Alert:
+        self._write()
+        row = self.get_alert(alert_id)
+        if row.status == AlertStatus.CLOSED:
+            raise Invalid("the alert is closed already", code="alert_closed")
+        if row.status == AlertStatus.OPEN:
+            row.status = AlertStatus.ACKNOWLEDGED.value
+            row.acknowledged_by, row.acknowledged_at = self.actor.label, self.clock()
+        if note:
+            row.note = note[:1000]
+        self._audit("alert.acknowledge", "security_alert", row.id, row.kind, row.tenant_id)
+        return row
+
+    def close_alert(self, alert_id: str, note: str = "") -> Alert:
+        self._write()
+        row = self.get_alert(alert_id)
+        if row.status != AlertStatus.CLOSED:
+            now = self.clock()
+            if row.acknowledged_at is None:
+                row.acknowledged_by, row.acknowledged_at = self.actor.label, now
+            row.status = AlertStatus.CLOSED.value
+            row.closed_by, row.closed_at = self.actor.label, now
+        if note:
+            row.note = note[:1000]
+        self._audit("alert.close", "security_alert", row.id, row.kind, row.tenant_id)
+        return row
+
+    def record_alerts(
+        self, tenant_id: str, site: str, found: Iterable[NewAlert], *, capture_id: str | None = None
+    ) -> list[Alert]:
+        """Store findings: one still open of the same kind between the same peers grows (count, last
+        time, evidence); any other becomes a new alert and an `AlarmEvent` in `events`."""
+        stored: list[Alert] = []
+        for alert in found:
+            row = self.session.scalar(
+                select(Alert).where(
+                    Alert.tenant_id == tenant_id,
+                    Alert.site == site,
+                    Alert.kind == alert.kind[:80],
+                    Alert.source == alert.source[:80],
+                    Alert.destination == alert.destination[:80],
+                    Alert.status != AlertStatus.CLOSED.value,
+                )
+            )
+            if row is None:
+                row = _new_alert(tenant_id, site, alert, capture_id)
+                self.session.add(row)
+                self.events.append(alarm_event(row))
+            else:
+                _grow_alert(row, alert)
+            stored.append(row)
+        self.session.flush()
+        return stored
+
+    # --- baselines
+
+    def list_baselines(self, *, tenant_id: str | None = None, site: str | None = None) -> list[Baseline]:
+        self._read()
+        query = select(Baseline).order_by(Baseline.tenant_id, Baseline.site, Baseline.version.desc())
+        scope = self._scope(tenant_id)
+        if scope is not None:
+            query = query.where(Baseline.tenant_id == scope)
+        if site is not None:
+            query = query.where(Baseline.site == site)
+        return list(self.session.scalars(query))
+
+    def get_baseline(self, baseline_id: str) -> Baseline:
+        self._read()
+        row = self.session.get(Baseline, baseline_id[:32])
+        if row is None or not self._visible(row.tenant_id):
+            raise NotFound(f"baseline '{baseline_id[:40]}' not found", code="baseline_not_found")
+        return row
+
+    def active_baseline(self, tenant_id: str, site: str) -> Baseline:
+        row = self.session.scalar(
+            select(Baseline).where(Baseline.tenant_id == tenant_id, Baseline.site == site, Baseline.active.is_(True))
+        )
+        if row is None:
+            raise NotFound(
+                f"no active baseline for site '{site}': learn one from a capture first", code="baseline_missing"
+            )
+        return row
+
+    def record_baseline(
+        self, tenant_id: str, site: str, learned: LearnedBaseline, *, capture_id: str | None = None
+    ) -> Baseline:
+        """A new version for the site, active from now on (the previous one is kept, inactive)."""
+        self._write()
+        newest = self.session.scalar(
+            select(func.max(Baseline.version)).where(Baseline.tenant_id == tenant_id, Baseline.site == site)
+        )
+        for row in self.session.scalars(
+            select(Baseline).where(Baseline.tenant_id == tenant_id, Baseline.site == site, Baseline.active.is_(True))
+        ):
+            row.active = False
+        baseline = Baseline(
+            id=new_id(),
+            tenant_id=tenant_id,
+            site=site,
+            version=(newest or 0) + 1,
+            active=True,
+            window_start=learned.window_start,
+            window_end=learned.window_end,
+            content=learned.content,
+            summary=learned.summary,
+            capture_id=capture_id,
+            created_by=self.actor.label,
+            created_at=self.clock(),
+        )
+        self.session.add(baseline)
+        self.session.flush()
+        self._audit("baseline.learn", "security_baseline", baseline.id, f"{site} v{baseline.version}", tenant_id)
+        return baseline
+
+    def activate_baseline(self, baseline_id: str) -> Baseline:
+        """Make an older version the active one again (a rollback)."""
+        self._write()
+        row = self.get_baseline(baseline_id)
+        for other in self.session.scalars(
+            select(Baseline).where(Baseline.tenant_id == row.tenant_id, Baseline.site == row.site)
+        ):
+            other.active = other.id == row.id
+        self._audit("baseline.activate", "security_baseline", row.id, f"{row.site} v{row.version}", row.tenant_id)
+        return row
+
+    # --- captures
+
+    def record_capture(
+        self, tenant_id: str, site: str, filename: str, size: int, sha256: str, summary: CaptureSummary
+    ) -> Capture:
+        """What an upload held; the hosts it showed go into the inventory."""
+        self._write()
+        row = Capture(
+            id=new_id(),
+            tenant_id=tenant_id,
+            site=site,
+            filename=filename[:200],
+            size=size,
+            sha256=sha256,
+            packets=summary.frames,
+            messages=dict(summary.messages),
+            malformed={reason[:200]: n for reason, n in summary.malformed.most_common(50)},
+            first_time=summary.first_time,
+            last_time=summary.last_time,
+            error=summary.error[:1000],
+            uploaded_by=self.actor.label,
+            uploaded_at=self.clock(),
+        )
+        row.assets_seen = self.record_observed(tenant_id, site, summary.assets)
+        self.session.add(row)
+        self.session.flush()
+        self._audit("capture.upload", "security_capture", row.id, f"{filename[:100]} ({size} bytes)", tenant_id)
+        return row
+
+    def list_captures(self, *, tenant_id: str | None = None) -> list[Capture]:
+        self._read()
+        query = select(Capture).order_by(Capture.uploaded_at.desc(), Capture.id).limit(500)
+        scope = self._scope(tenant_id)
+        if scope is not None:
+            query = query.where(Capture.tenant_id == scope)
+        return list(self.session.scalars(query))
+
+    def get_capture(self, capture_id: str) -> Capture:
+        self._read()
+        row = self.session.get(Capture, capture_id[:32])
+        if row is None or not self._visible(row.tenant_id):
+            raise NotFound(f"capture '{capture_id[:40]}' not found", code="capture_not_found")
+        return row
+
+    # --- advisories and matches
+
+    def record_advisories(self, found: Iterable[AdvisoryRecord]) -> list[Advisory]:
+        """Store or refresh advisories by tracking id (platform operators only)."""
+        self._platform()
+        stored: list[Advisory] = []
+        for record in found:
+            tracking = record.tracking_id.strip()[:200]
+            if not tracking:
+                raise Invalid("an advisory without a tracking id cannot be stored", code="advisory_invalid")
+            row = self.session.scalar(select(Advisory).where(Advisory.tracking_id == tracking))
+            if row is None:
+                row = Advisory(id=new_id(), tracking_id=tracking)
+                self.session.add(row)
+            row.title, row.publisher = record.title[:1000], record.publisher[:200]
+            row.released, row.revised = record.released, record.revised
+            row.cves = sorted(set(record.cves))
+            row.products, row.vulnerabilities, row.remediations = (
+                record.products,
+                record.vulnerabilities,
+                record.remediations,
+            )
+            row.max_cvss = record.max_cvss
+            row.document = record.document
+            row.imported_by, row.imported_at = self.actor.label, self.clock()
+            stored.append(row)
+        self.session.flush()
+        self._audit("advisory.import", "security_advisory", "", f"{len(stored)} advisories", None)
+        return stored
+
+    def list_advisories(self, *, text: str | None = None, cve: str | None = None) -> list[Advisory]:
+        self._read()
+        rows = list(self.session.scalars(select(Advisory).order_by(Advisory.released.desc(), Advisory.tracking_id)))
+        if text:
+            lowered = text.lower()
+            rows = [r for r in rows if lowered in r.title.lower() or lowered in r.tracking_id.lower()]
+        if cve:
+            rows = [r for r in rows if cve.upper() in r.cves]
+        return rows
+
+    def get_advisory(self, ref: str) -> Advisory:
+        """By id or tracking id."""
+        self._read()
+        row = self.session.get(Advisory, ref) if len(ref) <= 32 else None
+        row = row or self.session.scalar(select(Advisory).where(Advisory.tracking_id == ref[:200]))
+        if row is None:
+            raise NotFound(f"advisory '{ref[:60]}' not found", code="advisory_not_found")
+        return row
+
+    def record_matches(self, tenant_id: str, found: Iterable[MatchRecord]) -> list[AdvisoryMatch]:
+        """The tenant's matches as matching found them now: new ones added, still-found ones
+        refreshed (their resolution kept), ones no longer found removed unless someone settled them."""
+        self._write()
+        advisories = {a.tracking_id: a for a in self.session.scalars(select(Advisory))}
+        existing = {
+            (m.asset_id, m.advisory_id): m
+            for m in self.session.scalars(select(AdvisoryMatch).where(AdvisoryMatch.tenant_id == tenant_id))
+        }
+        seen: list[AdvisoryMatch] = []
+        for record in found:
+            advisory = advisories.get(record.tracking_id)
+            if advisory is None:
+                continue
+            row = existing.pop((record.asset_id, advisory.id), None)
+            if row is None:
+                row = AdvisoryMatch(id=new_id(), tenant_id=tenant_id, asset_id=record.asset_id, advisory_id=advisory.id)
+                self.session.add(row)
+            row.status = MatchStatus(record.status).value
+            row.cves, row.max_cvss = sorted(set(record.cves)), record.max_cvss
+            row.remediation, row.reason = record.remediation[:2000], record.reason[:500]
+            row.matched_at = self.clock()
+            seen.append(row)
+        for stale in existing.values():
+            if not stale.resolution:
+                self.session.delete(stale)
+        self.session.flush()
+        return seen
+
+    def list_matches(
+        self,
+        *,
+        tenant_id: str | None = None,
+        advisory_id: str | None = None,
+        asset_id: str | None = None,
+        unresolved: bool | None = None,
+    ) -> list[MatchView]:
+        self._read()
+        query = (
+            select(AdvisoryMatch, Asset, Advisory)
+            .join(Asset, Asset.id == AdvisoryMatch.asset_id)
+            .join(Advisory, Advisory.id == AdvisoryMatch.advisory_id)
+            .order_by(AdvisoryMatch.max_cvss.desc(), Asset.address)
+        )
+        scope = self._scope(tenant_id)
+        if scope is not None:
+            query = query.where(AdvisoryMatch.tenant_id == scope)
+        if advisory_id is not None:
+            query = query.where(AdvisoryMatch.advisory_id == advisory_id)
+        if asset_id is not None:
+            query = query.where(AdvisoryMatch.asset_id == asset_id)
+        if unresolved is not None:
+            query = query.where((AdvisoryMatch.resolution == "") if unresolved else (AdvisoryMatch.resolution != ""))
+        return [MatchView(m, a, adv) for m, a, adv in self.session.execute(query)]
+
+    def resolve_match(self, match_id: str, resolution: str) -> AdvisoryMatch:
+        """Mark a match patched or accepted (the risk taken knowingly), or "" to reopen it."""
+        self._write()
+        row = self.session.get(AdvisoryMatch, match_id[:32])
+        if row is None or not self._visible(row.tenant_id):
+            raise NotFound(f"match '{match_id[:40]}' not found", code="match_not_found")
+        try:
+            row.resolution = Resolution(resolution).value
+        except ValueError:
+            raise Invalid("resolution must be patched, accepted or empty", code="resolution_invalid") from None
+        row.resolved_by = self.actor.label if row.resolution else ""
+        row.resolved_at = self.clock() if row.resolution else None
+        self._audit("match.resolve", "security_advisory_match", row.id, resolution or "reopened", row.tenant_id)
+        return row
+
+    # --- honeypot indicators
+
+    def record_sightings(self, tenant_id: str, sightings: Iterable[Sighting]) -> list[Indicator]:
+        """Fold what addresses did to the decoy into one indicator per address."""
+        touched: dict[str, Indicator] = {}
+        for sighting in sightings:
+            address = sighting.address.strip()[:64]
+            row = touched.get(address) or self.session.scalar(
+                select(Indicator).where(Indicator.tenant_id == tenant_id, Indicator.address == address)
+            )
+            if row is None:
+                row = Indicator(
+                    id=new_id(),
+                    tenant_id=tenant_id,
+                    address=address,
+                    first_seen=sighting.at,
+                    last_seen=sighting.at,
+                    sightings=0,
+                    protocols=[],
+                    counts={},
+                    notable=[],
+                )
+                self.session.add(row)
+            touched[address] = row
+            _fold_sighting(row, sighting)
+        self.session.flush()
+        return list(touched.values())
+
+    def list_indicators(self, *, tenant_id: str | None = None, since: dt.datetime | None = None) -> list[Indicator]:
+        self._read()
+        query = select(Indicator).order_by(Indicator.last_seen.desc(), Indicator.address)
+        scope = self._scope(tenant_id)
+        if scope is not None:
+            query = query.where(Indicator.tenant_id == scope)
+        if since is not None:
+            query = query.where(Indicator.last_seen >= since)
+        return list(self.session.scalars(query))
+
+    # --- incidents
+
+    def open_incident(
+        self,
+        title: str,
+        *,
+        alert_ids: Sequence[str] = (),
+        bulletin_id: str | None = None,
+        severity: str | None = None,
+        tenant_id: str | None = None,
+    ) -> Incident:
+        """An incident from alerts (their assets linked by address) or from a bulletin the tenant received."""
+        self._write()
+        alerts = [self.get_alert(a) for a in alert_ids]
+        tenant = alerts[0].tenant_id if alerts else self.tenant_for(tenant_id)
+        if any(a.tenant_id != tenant for a in alerts):
+            raise Invalid("the alerts of one incident belong to one tenant", code="incident_tenants")
+        bulletin = None
+        if bulletin_id is not None:
+            bulletin = self.inbox_item(bulletin_id, tenant_id=tenant, mark_opened=False).bulletin
+        if not alerts and bulletin is None:
+            raise Invalid("open an incident from at least one alert or a bulletin", code="incident_empty")
+        ranks = [Severity(a.severity) for a in alerts] + ([Severity(bulletin.severity)] if bulletin else [])
+        level = parse_choice(severity, Severity, "severity") if severity else max(ranks, key=lambda s: s.rank).value
+        now = self.clock()
+        row = Incident(
+            id=new_id(),
+            tenant_id=tenant,
+            title=title.strip()[:300] or (alerts[0].message if alerts else bulletin.title if bulletin else "")[:300],
+            severity=level,
+            state=IncidentState.OPEN.value,
+            alert_ids=[a.id for a in alerts],
+            asset_ids=self._assets_of(tenant, alerts),
+            bulletin_id=bulletin.id if bulletin else None,
+            opened_by=self.actor.label,
+            opened_at=now,
+            updated_at=now,
+        )
+        self.session.add(row)
+        self.session.flush()
+        self._entry(row, "state", "opened", now)
+        self._audit("incident.open", "security_incident", row.id, row.title, tenant)
+        return row
+
+    def _assets_of(self, tenant_id: str, alerts: Sequence[Alert]) -> list[str]:
+        hosts = {
+            peer.rsplit(":", 1)[0] if peer.count(":") == 1 else peer
+            for a in alerts
+            for peer in (a.source, a.destination)
+        }
+        hosts.discard("")
+        if not hosts:
+            return []
+        query = select(Asset.id).where(Asset.tenant_id == tenant_id, Asset.address.in_(sorted(hosts)))
+        return sorted(self.session.scalars(query))
+
+    def _entry(self, incident: Incident, kind: str, text: str, at: dt.datetime) -> IncidentEntry:
+        entry = IncidentEntry(
+            id=new_id(), incident_id=incident.id, kind=kind, text=text[:2000], actor=self.actor.label, at=at
+        )
+        self.session.add(entry)
+        self.session.flush()
+        return entry
+
+    def list_incidents(self, *, tenant_id: str | None = None, state: str | None = None) -> list[Incident]:
+        self._read()
+        query = select(Incident).order_by(Incident.updated_at.desc(), Incident.id)
+        scope = self._scope(tenant_id)
+        if scope is not None:
+            query = query.where(Incident.tenant_id == scope)
+        if state is not None:
+            query = query.where(Incident.state == state)
+        return list(self.session.scalars(query))
+
+    def get_incident(self, incident_id: str) -> Incident:
+        self._read()
+        row = self.session.get(Incident, incident_id[:32])
+        if row is None or not self._visible(row.tenant_id):
+            raise NotFound(f"incident '{incident_id[:40]}' not found", code="incident_not_found")
+        return row
+
+    def timeline(self, incident: Incident) -> list[IncidentEntry]:
+        query = select(IncidentEntry).where(IncidentEntry.incident_id == incident.id)
+        return list(self.session.scalars(query.order_by(IncidentEntry.at, IncidentEntry.id)))
+
+    def add_incident_entry(self, incident_id: str, kind: str, text: str) -> IncidentEntry:
+        """A note or an action taken, on the timeline."""
+        self._write()
+        if kind not in ("note", "action"):
+            raise Invalid("an entry is a note or an action", code="entry_kind_invalid")
+        if not text.strip():
+            raise Invalid("say what happened", code="entry_empty")
+        row = self.get_incident(incident_id)
+        now = self.clock()
+        row.updated_at = now
+        return self._entry(row, kind, text.strip(), now)
+
+    def set_incident_state(self, incident_id: str, state: str, note: str = "") -> Incident:
+        self._write()
+        row = self.get_incident(incident_id)
+        new_state = parse_choice(state, IncidentState, "state")
+        if new_state != row.state:
+            now = self.clock()
+            self._entry(
+                row, "state", f"{row.state} -> {new_state}" + (f": {note.strip()}" if note.strip() else ""), now
+            )
+            row.state, row.updated_at = new_state, now
+            self._audit("incident.state", "security_incident", row.id, new_state, row.tenant_id)
+        return row
+
+    # --- bulletins: the operator's side
+
+    def publish_bulletin(
+        self,
+        *,
+        kind: str,
+        title: str,
+        severity: str,
+        body_zh: str = "",
+        body_en: str = "",
+        advisory_ref: str | None = None,
+        cves: Sequence[str] = (),
+        deadline: dt.datetime | None = None,
+        tenant_ids: Sequence[str] | None = None,
+    ) -> Bulletin:
+        """Publish to the tenants named, or (None) to the tenants whose assets match its advisory or CVEs."""
+        self._platform()
+        try:
+            bulletin_kind = BulletinKind(kind).value
+        except ValueError:
+            raise Invalid("a bulletin is an advisory or a warning", code="bulletin_kind_invalid") from None
+        if not title.strip():
+            raise Invalid("a bulletin needs a title", code="bulletin_title_missing")
+        if not body_zh.strip() and not body_en.strip():
+            raise Invalid("a bulletin needs a body in Chinese or English", code="bulletin_body_missing")
+        advisory = self.get_advisory(advisory_ref) if advisory_ref else None
+        all_cves = sorted({c.strip().upper() for c in cves if c.strip()} | set(advisory.cves if advisory else ()))
+        now = self.clock()
+        bulletin = Bulletin(
+            id=new_id(),
+            kind=bulletin_kind,
+            title=title.strip()[:300],
+            body_zh=body_zh,
+            body_en=body_en,
+            severity=parse_choice(severity, Severity, "severity"),
+            advisory_id=advisory.id if advisory else None,
+            cves=all_cves,
+            deadline=deadline,
+            targeting="chosen" if tenant_ids is not None else "matched",
+            published_by=self.actor.label,
+            published_at=now,
+        )
+        self.session.add(bulletin)
+        self.session.flush()
+        targets = self._chosen(tenant_ids) if tenant_ids is not None else self._affected(advisory, all_cves)
+        if not targets:
+            raise Invalid("no tenant is affected: choose the tenants to send it to", code="bulletin_no_recipients")
+        for tenant_id, matched in sorted(targets.items()):
+            self._address(bulletin, tenant_id, matched, now)
+        self._audit("bulletin.publish", "security_bulletin", bulletin.id, f"{bulletin.title} -> {len(targets)}", None)
+        return bulletin
+
+    def _chosen(self, tenant_ids: Sequence[str]) -> dict[str, int]:
+        access = AccessService(self.session)
+        return {access.get_tenant(t, self.actor).id: 0 for t in tenant_ids}
+
+    def _affected(self, advisory: Advisory | None, cves: Sequence[str]) -> dict[str, int]:
+        """Tenants with unresolved matches of the advisory, or of any advisory naming one of the CVEs."""
+        matches = self.session.scalars(select(AdvisoryMatch).where(AdvisoryMatch.resolution == ""))
+        wanted = set(cves)
+        counts: Counter[str] = Counter()
+        for match in matches:
+            if (advisory is not None and match.advisory_id == advisory.id) or wanted & set(match.cves):
+                counts[match.tenant_id] += 1
+        return dict(counts)
+
+    def _address(self, bulletin: Bulletin, tenant_id: str, matched: int, now: dt.datetime) -> None:
+        recipient = BulletinRecipient(id=new_id(), bulletin_id=bulletin.id, tenant_id=tenant_id, matched_assets=matched)
+        self.session.add(recipient)
+        self.session.flush()
+        console = BulletinDelivery(
+            id=new_id(),
+            recipient_id=recipient.id,
+            channel=Channel.CONSOLE.value,
+            status="sent",
+            attempts=1,
+            sent_at=now,
+        )
+        self.session.add(console)
+        contact = self.session.get(Contact, tenant_id)
+        if contact is not None and contact.webhook_url:
+            self._pending(recipient, Channel.WEBHOOK, contact.webhook_url)
+        if contact is not None and contact.emails:
+            self._pending(recipient, Channel.EMAIL, ", ".join(contact.emails))
+
+    def _pending(self, recipient: BulletinRecipient, channel: Channel, target: str) -> None:
+        row = BulletinDelivery(id=new_id(), recipient_id=recipient.id, channel=channel.value, target=target[:1000])
+        self.session.add(row)
+        self.deliveries.append(row.id)
+
+    def list_bulletins(self) -> list[tuple[Bulletin, list[BulletinRecipient]]]:
+        """Platform operators: every bulletin with its recipients."""
+        self._read()
+        if not self.actor.is_platform:
+            raise Forbidden("only platform operators see every bulletin; read your inbox", code="platform_only")
+        bulletins = list(self.session.scalars(select(Bulletin).order_by(Bulletin.published_at.desc(), Bulletin.id)))
+        recipients: dict[str, list[BulletinRecipient]] = {b.id: [] for b in bulletins}
+        for row in self.session.scalars(select(BulletinRecipient).order_by(BulletinRecipient.tenant_id)):
+            recipients.setdefault(row.bulletin_id, []).append(row)
+        return [(b, recipients[b.id]) for b in bulletins]
+
+    def get_bulletin(self, bulletin_id: str) -> tuple[Bulletin, list[RecipientView]]:
+        """Platform operators: a bulletin and, per tenant, its receipt, acknowledgement, remediation, deliveries."""
+        self._read()
+        if not self.actor.is_platform:
+            raise NotFound(f"bulletin '{bulletin_id[:40]}' not found", code="bulletin_not_found")
+        bulletin = self.session.get(Bulletin, bulletin_id[:32])
+        if bulletin is None:
+            raise NotFound(f"bulletin '{bulletin_id[:40]}' not found", code="bulletin_not_found")
+        rows = self.session.scalars(select(BulletinRecipient).where(BulletinRecipient.bulletin_id == bulletin.id))
+        return bulletin, [self._recipient_view(r, bulletin) for r in rows]
+
+    def redeliver(self, bulletin_id: str) -> list[str]:
+        """Queue the failed webhook and e-mail deliveries of a bulletin again (platform operators)."""
+        self._write()
+        bulletin, views = self.get_bulletin(bulletin_id)  # a bulletin is not found for anyone else
+        for view in views:
+            for delivery in view.deliveries:
+                if delivery.status == "failed":
+                    delivery.status, delivery.error = "pending", ""
+                    self.deliveries.append(delivery.id)
+        self._audit("bulletin.redeliver", "security_bulletin", bulletin.id, f"{len(self.deliveries)}", None)
+        return list(self.deliveries)
+
+    def _recipient_view(self, recipient: BulletinRecipient, bulletin: Bulletin) -> RecipientView:
+        deliveries = self.session.scalars(
+            select(BulletinDelivery)
+            .where(BulletinDelivery.recipient_id == recipient.id)
+            .order_by(BulletinDelivery.channel)
+        )
+        return RecipientView(recipient, bulletin, list(deliveries), self.overdue(recipient, bulletin))
+
+    def overdue(self, recipient: BulletinRecipient, bulletin: Bulletin) -> bool:
+        done = recipient.remediation in (Remediation.DONE, Remediation.NOT_APPLICABLE)
+        return bulletin.deadline is not None and not done and self.clock() > bulletin.deadline
+
+    # --- bulletins: the tenant's inbox
+
+    def inbox(self, *, tenant_id: str | None = None) -> list[RecipientView]:
+        self._read()
+        tenant = self._scope(tenant_id) or self.actor.tenant_id
+        query = (
+            select(BulletinRecipient, Bulletin)
+            .join(Bulletin, Bulletin.id == BulletinRecipient.bulletin_id)
+            .where(BulletinRecipient.tenant_id == tenant)
+            .order_by(Bulletin.published_at.desc(), Bulletin.id)
+        )
+        return [self._recipient_view(r, b) for r, b in self.session.execute(query)]
+
+    def inbox_item(self, bulletin_id: str, *, tenant_id: str | None = None, mark_opened: bool = True) -> RecipientView:
+        """A bulletin as the tenant received it; reading it records the receipt (the first time).
+
+        Platform operators name the tenant, or reach the one recipient of a bulletin sent to one.
+        """
+        self._read()
+        query = (
+            select(BulletinRecipient, Bulletin)
+            .join(Bulletin, Bulletin.id == BulletinRecipient.bulletin_id)
+            .where(Bulletin.id == bulletin_id[:32])
+        )
+        tenant = self._scope(tenant_id)
+        rows = list(self.session.execute(query.where(BulletinRecipient.tenant_id == tenant) if tenant else query))
+        if len(rows) > 1:
+            own = [r for r in rows if r[0].tenant_id == self.actor.tenant_id]
+            if not own:
+                raise Invalid("the bulletin went to several tenants: name one", code="tenant_required")
+            rows = own
+        if not rows:
+            raise NotFound(f"bulletin '{bulletin_id[:40]}' not found", code="bulletin_not_found")
+        recipient, bulletin = rows[0]
+        opener = recipient.tenant_id == self.actor.tenant_id  # an operator looking on is not the tenant opening it
+        if mark_opened and opener and recipient.opened_at is None:
+            recipient.opened_by, recipient.opened_at = self.actor.label, self.clock()
+        return self._recipient_view(recipient, bulletin)
+
+    def acknowledge_bulletin(self, bulletin_id: str, *, tenant_id: str | None = None) -> RecipientView:
+        self._write()
+        view = self.inbox_item(bulletin_id, tenant_id=tenant_id)
+        recipient = view.recipient
+        if recipient.acknowledged_at is None:
+            now = self.clock()
+            recipient.acknowledged_by, recipient.acknowledged_at = self.actor.label, now
+            if recipient.opened_at is None:
+                recipient.opened_by, recipient.opened_at = self.actor.label, now
+            self._audit("bulletin.acknowledge", "security_bulletin", view.bulletin.id, "", recipient.tenant_id)
+        return view
+
+    def set_remediation(
+        self, bulletin_id: str, status: str, note: str = "", *, tenant_id: str | None = None
+    ) -> RecipientView:
+        self._write()
+        view = self.inbox_item(bulletin_id, tenant_id=tenant_id)
+        recipient = view.recipient
+        recipient.remediation = parse_choice(status, Remediation, "remediation")
+        recipient.remediation_note = note.strip()[:1000]
+        recipient.remediation_by, recipient.remediation_at = self.actor.label, self.clock()
+        self._audit("bulletin.remediation", "security_bulletin", view.bulletin.id, status, recipient.tenant_id)
+        return self._recipient_view(recipient, view.bulletin)
+
+    # --- where bulletins go
+
+    def get_contact(self, *, tenant_id: str | None = None) -> Contact:
+        self._read()
+        tenant = self.tenant_for(tenant_id)
+        return self.session.get(Contact, tenant) or Contact(
+            tenant_id=tenant, webhook_url="", webhook_secret="", emails=[]
+        )
+
+    def set_contact(
+        self, *, webhook_url: str, webhook_secret: str | None, emails: Sequence[str], tenant_id: str | None = None
+    ) -> Contact:
+        """The tenant's webhook (signed with its secret) and e-mail addresses for bulletins."""
+        self._write()
+        tenant = self.tenant_for(tenant_id)
+        try:
+            url = check_webhook_url(webhook_url) if webhook_url.strip() else ""
+            addresses = sorted({check_email_address(e) for e in emails if e.strip()})
+        except ValueError as err:
+            raise Invalid(str(err), code="contact_invalid") from None
+        row = self.session.get(Contact, tenant)
+        if row is None:
+            row = Contact(tenant_id=tenant, webhook_secret="")
+            self.session.add(row)
+        row.webhook_url, row.emails = url, addresses
+        if webhook_secret is not None:
+            row.webhook_secret = self._sealer().seal(webhook_secret, bound_to=tenant) if webhook_secret else ""
+        if url and not row.webhook_secret:
+            raise Invalid("a webhook needs a secret to sign with", code="contact_secret_missing")
+        row.updated_by, row.updated_at = self.actor.label, self.clock()
+        self.session.flush()
+        self._audit("contact.set", "security_contact", tenant, url or "no webhook", tenant)
+        return row
+
+    def _sealer(self) -> Sealer:
+        if self.settings is None:
+            raise Invalid("settings are needed to seal the webhook secret", code="settings_missing")
+        return Sealer.of(self.settings, SEALING_PURPOSE)
+
+    # --- situational awareness
+
+    def awareness(self, *, tenant_id: str | None = None) -> Awareness:
+        """One tenant's situation; platform operators without a tenant named get the whole platform's."""
+        self._read()
+        scope = self._scope(tenant_id)
+        now = self.clock()
+        view = Awareness(tenant_id=scope)
+        alerts = select(Alert.severity, func.count()).where(Alert.status != AlertStatus.CLOSED.value)
+        if scope is not None:
+            alerts = alerts.where(Alert.tenant_id == scope)
+        counted = dict(self.session.execute(alerts.group_by(Alert.severity)).all())
+        view.open_alerts = {s.value: int(counted.get(s.value, 0)) for s in Severity}
+        view.vulnerable_assets = self._vulnerable(scope)
+        indicators = self.list_indicators(tenant_id=scope, since=now - dt.timedelta(days=7))
+        recent = [i for i in indicators if i.last_seen >= now - dt.timedelta(hours=24)]
+        view.honeypot_7d, view.honeypot_24h = len(indicators), len(recent)
+        view.sightings_24h = sum(i.sightings for i in recent)
+        recipients = select(BulletinRecipient, Bulletin).join(Bulletin, Bulletin.id == BulletinRecipient.bulletin_id)
+        if scope is not None:
+            recipients = recipients.where(BulletinRecipient.tenant_id == scope)
+        for recipient, bulletin in self.session.execute(recipients):
+            if recipient.remediation not in (Remediation.DONE, Remediation.NOT_APPLICABLE):
+                view.bulletins_open += 1
+                view.bulletins_overdue += int(self.overdue(recipient, bulletin))
+        view.breakdown = risk_breakdown(
+            view.open_alerts, view.vulnerable_assets, view.honeypot_24h, view.honeypot_7d, view.bulletins_overdue
+        )
+        view.risk = min(round(sum(view.breakdown.values())), 100)
+        return view
+
+    def _vulnerable(self, scope: str | None) -> dict[str, int]:
+        """Assets with unresolved matches, each counted once in the band of its worst CVSS."""
+        query = select(AdvisoryMatch.asset_id, AdvisoryMatch.max_cvss, AdvisoryMatch.status).where(
+            AdvisoryMatch.resolution == ""
+        )
+        if scope is not None:
+            query = query.where(AdvisoryMatch.tenant_id == scope)
+        worst: dict[str, float] = {}
+        for asset_id, cvss, _status in self.session.execute(query):
+            worst[asset_id] = max(worst.get(asset_id, 0.0), cvss or 0.0)
+        bands = Counter(severity_of(score).value for score in worst.values())
+        return {s.value: bands.get(s.value, 0) for s in Severity}
+
+    def awareness_by_tenant(self) -> list[tuple[Tenant, Awareness]]:
+        """Platform operators: every tenant's situation, riskiest first."""
+        self._read()
+        if not self.actor.is_platform:
+            raise Forbidden("only platform operators see every tenant", code="platform_only")
+        tenants = AccessService(self.session).list_tenants(self.actor)
+        views = [(t, self.awareness(tenant_id=t.id)) for t in tenants]
+        return sorted(views, key=lambda item: (-item[1].risk, item[0].name))
+
+
+# --- helpers of the service ---------------------------------------------------------------------
+
+
+def merge_ranges(ranges: Iterable[Sequence[int]]) -> list[list[int]]:
+    """[first, last] ranges joined where they overlap or touch, in order."""
+    return [[lo, hi] for lo, hi in merge_intervals((int(r[0]), int(r[1])) for r in ranges)]
+
+
+def declared_fields(asset: DeclaredAsset) -> AssetFields:
+    """What a row of an imported CSV declares (its empty cells leave fields as they are)."""
+    return AssetFields(
+        name=asset.name or None,
+        role=asset.role or None,
+        vendor=asset.vendor or None,
+        model=asset.model or None,
+        firmware=asset.firmware or None,
+        criticality=asset.criticality.value if asset.criticality else None,
+        owner=asset.owner or None,
+    )
+
+
+def _merge_observed(row: Asset, seen: ObservedAsset) -> None:
+    if seen.first_seen is not None:
+        row.first_seen = seen.first_seen if row.first_seen is None else min(row.first_seen, seen.first_seen)
+    if seen.last_seen is not None:
+        row.last_seen = seen.last_seen if row.last_seen is None else max(row.last_seen, seen.last_seen)
+    row.protocols = sorted(set(row.protocols or []) | set(seen.protocols))
+    row.unit_ids = sorted(set(row.unit_ids or []) | set(seen.unit_ids))
+    row.register_ranges = merge_ranges([*(row.register_ranges or []), *seen.register_ranges])[:50]
+    # What people declared wins over what traffic suggests.
+    for name in ("mac", "role", "vendor", "model", "firmware"):
+        if not getattr(row, name) and getattr(seen, name):
+            setattr(row, name, getattr(seen, name)[:200])
+
+
+def _new_alert(tenant_id: str, site: str, alert: NewAlert, capture_id: str | None) -> Alert:
+    return Alert(
+        id=new_id(),
+        tenant_id=tenant_id,
+        site=site,
+        kind=alert.kind[:80],
+        techniques=sorted(set(alert.techniques)),
+        severity=Severity(alert.severity).value,
+        protocol=alert.protocol[:20],
+        source=alert.source[:80],
+        destination=alert.destination[:80],
+        message=alert.message[:1000],
+        first_time=alert.first_time,
+        last_time=alert.last_time,
+        count=max(alert.count, 1),
+        evidence=_evidence({}, alert),
+        capture_id=capture_id,
+        status=AlertStatus.OPEN.value,
+    )
+
+
+def _grow_alert(row: Alert, alert: NewAlert) -> None:
+    row.count += max(alert.count, 1)
+    row.first_time = min(row.first_time, alert.first_time)
+    row.last_time = max(row.last_time, alert.last_time)
+    if Severity(alert.severity).rank > Severity(row.severity).rank:
+        row.severity = Severity(alert.severity).value
+    row.techniques = sorted(set(row.techniques) | set(alert.techniques))
+    row.evidence = _evidence(row.evidence, alert)
+
+
+def _evidence(evidence: dict[str, Any], alert: NewAlert) -> dict[str, Any]:
+    frames = [*evidence.get("frames", []), *alert.frames][:MAX_EVIDENCE]
+    raw = [*evidence.get("raw", []), *(h[:RAW_HEX] for h in alert.raw)][:MAX_EVIDENCE]
+    return {"frames": frames, "raw": raw, "details": {**evidence.get("details", {}), **alert.details}}
+
+
+def _fold_sighting(row: Indicator, sighting: Sighting) -> None:
+    row.first_seen = min(row.first_seen, sighting.at)
+    row.last_seen = max(row.last_seen, sighting.at)
+    row.sightings += 1
+    if sighting.protocol and sighting.protocol not in row.protocols:
+        row.protocols = sorted([*row.protocols, sighting.protocol])
+    action = sighting.action[:40] or "connect"
+    row.counts = {**row.counts, action: row.counts.get(action, 0) + 1}
+    if sighting.notable and action not in row.notable:
+        row.notable = [*row.notable, action][:20]
+
+
+def alarm_event(row: Alert) -> AlarmEvent:
+    """The alarms context's view of a new alert: source `security`, kind `ics.<kind>`, the target as subject."""
+    return AlarmEvent(
+        tenant_id=row.tenant_id,
+        source=SOURCE,
+        kind=f"ics.{row.kind}",
+        subject=row.destination or row.source or row.kind,
+        severity=SEVERITY_SCORES[Severity(row.severity)],
+        message=row.message or row.kind,
+        at=row.last_time,
+        details={
+            "alert_id": row.id,
+            "severity": row.severity,
+            "techniques": list(row.techniques),
+            "source": row.source,
+            "destination": row.destination,
+            "site": row.site,
+        },
+    )
