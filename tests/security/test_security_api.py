@@ -3,15 +3,27 @@ awareness; tenant isolation and problems."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from fastapi.testclient import TestClient
 
 from iip.kernel.auth import Role
 from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
+from iip.security.records import Sighting
+from iip.security.service import SecurityService
 from tests.api.support import assert_problem
 from tests.conftest import TenantFixture
 from tests.security.conftest import CSAF, require_dataset
-from tests.security.support import ATTACK, TRAINING, capture_bytes, collect_alarm_events, seed_matches, wait_until
+from tests.security.support import (
+    ATTACK,
+    TRAINING,
+    capture_bytes,
+    collect_alarm_events,
+    engineer,
+    seed_matches,
+    wait_until,
+)
 
 API = "/api/security"
 
@@ -249,3 +261,25 @@ def test_import_csaf_and_match_the_inventory(
     assert by_address["10.8.0.1"]["tracking_id"] == "ICSA-24-011-06"
     assert by_address["10.8.0.1"]["cves"]
     assert client.post(f"{API}/matches/run", headers=tenant_b.headers()).json() == []
+
+
+def test_addresses_seen_at_the_decoy_are_flagged_by_the_monitor(
+    client: TestClient, runtime: Runtime, tenant_a: TenantFixture
+) -> None:
+    upload(client, tenant_a, "baselines", TRAINING, site="rtu-plant")
+    first = upload(client, tenant_a, "captures", ATTACK, site="rtu-plant", check="true")["alerts"]
+    assert not [a for a in first if a["kind"] == "known_attacker"]
+    writer = next(a for a in first if a["kind"] == "unauthorized_write")["source"]
+    with runtime.db.session() as session:
+        SecurityService(session, engineer(tenant_a)).record_sightings(
+            tenant_a.id, [Sighting(writer, first_seen_at(first), "modbus", "write", notable=True)]
+        )
+    again = upload(client, tenant_a, "captures", ATTACK, site="rtu-plant", check="true")["alerts"]
+    known = [a for a in again if a["kind"] == "known_attacker"]
+    assert known
+    assert {a["source"] for a in known} == {writer}
+    assert all(a["severity"] == "critical" and "T0846" in a["techniques"] for a in known)
+
+
+def first_seen_at(alerts: list[dict]) -> dt.datetime:  # type: ignore[type-arg]
+    return min(dt.datetime.fromisoformat(a["first_time"]) for a in alerts)

@@ -77,7 +77,10 @@ def upload(
     learner = BaselineLearner(rate_window_s=rate_window_s) if learn else None
     if learner is not None:
         observers.append(learner.observe)
-    detector = Detector(LearnedModel.from_json(service.active_baseline(tenant, site).content)) if check else None
+    detector = None
+    if check:
+        model = LearnedModel.from_json(service.active_baseline(tenant, site).content)
+        detector = Detector(model, known_attackers=known_attackers(service, tenant))
     if detector is not None:
         observers.append(detector.check)
     summary = decode_capture(io.BytesIO(content), observers)
@@ -99,6 +102,14 @@ def upload(
 
 
 # --- honeypot sightings
+
+
+def known_attackers(service: SecurityService, tenant_id: str) -> dict[str, str]:
+    """The tenant's threat intelligence for the monitor: each address its decoy saw, with what it did."""
+    return {
+        row.address: ", ".join(row.notable or row.protocols or ["connected"])
+        for row in service.list_indicators(tenant_id=tenant_id)
+    }
 
 
 def sighting_record(sighting: HoneypotSighting) -> Sighting:
