@@ -1,8 +1,13 @@
 """Process monitoring on the Tennessee Eastman process, next to the published detection rates.
 
 Training: d00.dat (500 normal samples, stored transposed). Limits: on held-out normal rows (blocked
-cross-validation over d00.dat) for the stated false-alarm rate, except the PCA reproduction, which
-uses Chiang et al.'s setup (11 components, F and Jackson–Mudholkar 99 % limits). Testing: dNN_te.dat,
+cross-validation over d00.dat) for the stated false-alarm rate, except the PCA reproductions, which
+use textbook limits from d00.dat alone: T² from the F distribution and SPE from Jackson–Mudholkar,
+at 99 %. The "textbook" configuration keeps 9 components (autoscaling on d00.dat, detection counted
+on samples 160..959); "F/JM" keeps 11. A sensitivity table shows how many of the 21 published
+figures each choice of components (9, 11) and level (99, 99.5, 99.9 %) reproduces within ±3 points:
+the published 99 % is the level stated for the table; the others are printed to show where the gap
+comes from, not chosen on the test data. Testing: dNN_te.dat,
 960 samples, the fault from sample 160 on. Detection rate: share of samples 160..959 in alarm.
 False-alarm rate: share of alarms on d00_te.dat, and on the first 160 samples of all 21 test files.
 Detection delay: samples from 160 to the first alarm, times 3 minutes.
@@ -55,12 +60,16 @@ PUBLISHED_AVERAGES = {"PCA T2": 61.8, "PCA SPE": 74.7, "DPCA T2": 72.4, "ICA": 8
 TARGET = 90.0
 OURS = "dyn-Mahal"
 LEGEND = """
-Columns: T2/SPE F/JM = PCA, 11 components, F and Jackson-Mudholkar 99 % limits from d00.dat (Chiang's setup);
+Columns: T2/SPE textbook = PCA, 9 components, F and Jackson-Mudholkar 99 % limits from d00.dat;
+T2/SPE F/JM = the same with 11 components;
 T2/SPE d00te = the same PCA, limits at the 99th percentile of d00_te (1 % false alarms there);
 T2/SPE cv = the same PCA, limits at 1 % on held-out rows of d00.dat (blocked cross-validation);
 DPCA T2 = dynamic PCA, 1 lag, 90 % variance, held-out limits; ICA = I2, Ie2 or SPE over its limit, held-out limits;
 dyn-Mahal = dynamic Mahalanobis distance, 2 lags, held-out limits (10 folds), 1 %."""
 MINUTES_PER_SAMPLE = 3
+# Plain PCA as the textbook states it: autoscaled on d00.dat, 9 components, F (T²) and
+# Jackson-Mudholkar (SPE) limits at 99 %.
+TEXTBOOK = {"components": 9, "limit_method": "theoretical", "false_alarm_rate": 0.01}
 
 
 @dataclass
@@ -149,6 +158,8 @@ def print_table(outcomes: list[Outcome]) -> None:
 
 def reproduction(outcomes: dict[str, Outcome]) -> None:
     for name, missed in (
+        ("T2 textbook", CHIANG_PCA_T2_MISSED),
+        ("SPE textbook", CHIANG_PCA_SPE_MISSED),
         ("T2 F/JM", CHIANG_PCA_T2_MISSED),
         ("SPE F/JM", CHIANG_PCA_SPE_MISSED),
         ("T2 d00te", CHIANG_PCA_T2_MISSED),
@@ -162,6 +173,30 @@ def reproduction(outcomes: dict[str, Outcome]) -> None:
             f"{name}: within ±3 points on {len(within)}/21 faults; largest deviation fault {worst} "
             f"({deviations[worst]:+.1f}); outside: {sorted(set(tep.FAULTS) - set(within))}"
         )
+        if name.endswith("textbook"):
+            print("  ours - published, per fault: " + " ".join(f"{f}:{deviations[f]:+.1f}" for f in tep.FAULTS))
+
+
+def sensitivity(train: np.ndarray, runs: dict[int, np.ndarray]) -> None:
+    """Faults within ±3 points of the published columns for each number of components and limit level."""
+    print("\nSensitivity (F / Jackson-Mudholkar limits from d00.dat): faults within ±3 points, T2 / SPE;")
+    print("mean deviation from the published rate; false alarms on d00_te")
+    for components in (9, 11):
+        for level in (0.99, 0.995, 0.999):
+            monitor = PcaMonitor.fit(
+                train, tep.VARIABLES, components=components, limit_method="theoretical", false_alarm_rate=1 - level
+            )
+            scores = {f: monitor.score(rows) for f, rows in runs.items()}
+            cells = []
+            for statistic, missed in (("t2", CHIANG_PCA_T2_MISSED), ("spe", CHIANG_PCA_SPE_MISSED)):
+                deviations = [
+                    100.0 * scores[f].exceeded(statistic)[tep.FAULT_START :].mean() - 100.0 * (1.0 - missed[f])
+                    for f in tep.FAULTS
+                ]
+                within = sum(abs(d) <= 3.0 for d in deviations)
+                far = 100.0 * scores[0].exceeded(statistic).mean()
+                cells.append(f"{statistic} {within:>2}/21 mean {np.mean(deviations):+5.1f} FAR {far:4.1f} %")
+            print(f"  a={components:>2} level {100 * level:5.1f} %: " + "; ".join(cells))
 
 
 def classification() -> None:
@@ -203,6 +238,8 @@ def main() -> None:
     variables = tep.VARIABLES
     outcomes: dict[str, Outcome] = {}
     with threadpool_limits(limits=1):
+        pca, seconds = timed_fit(lambda: PcaMonitor.fit(train, variables, **TEXTBOOK))
+        add_pca(outcomes, "textbook", pca, runs, seconds)
         pca, seconds = timed_fit(
             lambda: PcaMonitor.fit(train, variables, components=11, limit_method="theoretical", false_alarm_rate=0.01)
         )
@@ -228,6 +265,7 @@ def main() -> None:
         print_table(list(outcomes.values()))
         print()
         reproduction(outcomes)
+        sensitivity(train, runs)
         best = outcomes[OURS]
         worst_far = max(best.false_alarms_d00, best.false_alarms_first160)
         verdict = "met" if best.average >= TARGET and worst_far <= 5.0 else "NOT met"

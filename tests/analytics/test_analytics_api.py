@@ -346,11 +346,15 @@ def test_remaining_useful_life_per_unit(client: TestClient, runtime: Runtime, te
     assert one["unit"] == "engine-1"
     assert one["point"] == pytest.approx(answer["units"][0]["point"])
     assert (two["point"], two["missing"]) == (None, ["vibration"])
-    # A RUL model is not a monitor, and a monitor has no RUL.
-    not_monitor = client.post(
-        f"{API}/models/engine/versions/1/deployments", json={"device": "e"}, headers=tenant_a.headers()
+    # Deployed, a RUL model trained on a file needs its cycle; a monitor has no RUL.
+    deployments = f"{API}/models/engine/versions/1/deployments"
+    assert_problem(client.post(deployments, json={"device": "e"}, headers=tenant_a.headers()), 422, "interval_required")
+    deployed = client.post(
+        deployments, json={"device": "e", "interval_s": 60, "rul_threshold": 20}, headers=tenant_a.headers()
     )
-    assert_problem(not_monitor, 422, "not_a_monitor")
+    assert deployed.status_code == 201, deployed.text
+    assert deployed.json()["settings"]["interval_ms"] == 60_000
+    assert deployed.json()["settings"]["rul_threshold"] == 20.0
     trained(client, tenant_a)
     assert_problem(
         client.post(f"{API}/rul", json={**body, "model": "reactor"}, headers=tenant_a.headers()), 422, "not_a_rul_model"

@@ -117,7 +117,8 @@ def test_a_missing_variable_is_flagged_not_filled_in() -> None:
     assert np.isfinite(block.statistics["t2"][1])
     assert block.missing.tolist() == [1, 0]
     assert block.missing_changes == [(0, True, ["speed"]), (1, False, [])]
-    # A point for a sample already scored is ignored; an incomplete one is final after the grace period.
+    # A point for a sample already scored is ignored; an incomplete one is final after the grace period,
+    # the others' last values held while they are not older than twice their period (1 s here) ...
     assert scorer.take(np.array([START_MS]), np.array([0]), np.array([1.0]), now=3.0) is None
     late = START_MS + 3 * STEP_MS
     assert scorer.take(np.array([late]), np.array([0]), np.array([80.0]), now=3.0) is None
@@ -125,7 +126,16 @@ def test_a_missing_variable_is_flagged_not_filled_in() -> None:
     expired = scorer.expire(now=8.0)
     assert expired is not None
     assert expired.times_ms.tolist() == [late]
-    assert expired.missing.tolist() == [4]
+    assert expired.missing.tolist() == [0]
+    assert expired.valid.tolist() == [True]
+    # ... and flagged missing once older than that.
+    later = START_MS + 10 * STEP_MS
+    assert scorer.take(np.array([later]), np.array([0]), np.array([80.0]), now=9.0) is None
+    stale = scorer.expire(now=14.0)
+    assert stale is not None
+    assert stale.missing.tolist() == [4]
+    assert stale.valid.tolist() == [False]
+    assert stale.missing_changes == [(0, True, ["pressure", "flow", "level", "speed"])]
 
 
 def test_the_runner_writes_scores_and_raises_one_shared_condition_per_device() -> None:
@@ -257,7 +267,8 @@ async def test_a_deployed_model_scores_the_live_stream_and_its_alarms_reach_the_
             runner: ScoringRunner = runtime.services[SCORING_SERVICE]
             assert runner.scorers == {}
             with runtime.db.session() as session:
-                AnalyticsService(session, admin, runtime=runtime).deploy(version, DEVICE)
+                # No value is held (staleness 0): a sample lacking a variable is final as soon as the next begins.
+                AnalyticsService(session, admin, runtime=runtime).deploy(version, DEVICE, staleness_s=0)
             await runner.reload()
             assert len(runner.scorers) == 1
             # Normal samples in one batch (a backlog), then the flow drifts off its correlations.

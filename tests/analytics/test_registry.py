@@ -401,9 +401,9 @@ def test_a_rul_model_learns_from_run_to_failure_histories(runtime: Runtime, tena
         svc = service(runtime, session, tenant_a)
         with pytest.raises(Invalid, match="needs the unit column"):
             svc.train_from_file("engine", "rul", training, "fleet.csv", variables=list(RUL_VARIABLES))
-        with pytest.raises(Invalid, match="trains on a file"):
+        with pytest.raises(Invalid, match="trains on a file of labelled rows"):
             svc.train_from_telemetry(
-                "engine", "rul", devices=["e-1"], metrics=["temperature"], start=START, end=START, interval_s=1
+                "engine", "classifier", devices=["e-1"], metrics=["temperature"], start=START, end=START, interval_s=1
             )
         with pytest.raises(TrainingDataError, match="unknown parameters for rul: components"):
             svc.train_from_file(
@@ -436,9 +436,9 @@ def test_a_rul_model_learns_from_run_to_failure_histories(runtime: Runtime, tena
         report = svc.rul_file(version, "\n".join(rows).encode(), "fleet.csv", unit_column="unit")
         assert report.units[0][1].missing == ("temperature",)
         assert report.units[1][1].valid
-        # Not a monitor: no live scoring, no T² to score.
-        with pytest.raises(Invalid, match="not a process monitor"):
-            svc.deploy(version, "engine-1")
+        # Deployed, it needs its cycle (trained on a file, it has none); it has no T² to score.
+        with pytest.raises(Invalid, match="give the sample interval"):
+            svc.deploy(version, "engine-1", rul_threshold=20)
         with pytest.raises(Invalid, match="not a process monitor"):
             svc.score(version, [{"temperature": 1.0}])
 

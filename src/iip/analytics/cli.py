@@ -156,7 +156,11 @@ def train_command(
     tenant: Tenant,
     name: Annotated[str, typer.Option("--name", help="The model's name (a new version if it exists).")],
     kind: Annotated[
-        str, typer.Option("--kind", help="pca, dpca, ica, dynamic_mahalanobis, or rul (with --unit-column).")
+        str,
+        typer.Option(
+            "--kind",
+            help="pca, dpca, ica, dynamic_mahalanobis, rul (with --unit-column), classifier (with --label-column).",
+        ),
     ] = "pca",
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Train on this CSV file.")] = None,
     parquet_file: Annotated[Path | None, typer.Option("--parquet", help="Train on this Parquet file.")] = None,
@@ -165,8 +169,12 @@ def train_command(
     ] = None,
     time_column: Annotated[str | None, typer.Option("--time-column", help="The file's time column.")] = None,
     unit_column: UnitColumn = None,
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="classifier: the column naming each row's class.")
+    ] = None,
     devices: Annotated[
-        list[str] | None, typer.Option("--device", help="Train on this device's stored telemetry (repeatable).")
+        list[str] | None,
+        typer.Option("--device", help="Train on this device's stored telemetry (repeatable; rul: one unit each)."),
     ] = None,
     metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metric names.")] = None,
     start: Annotated[str | None, typer.Option("--from", help="Start of the range, ISO 8601 with a zone.")] = None,
@@ -202,6 +210,7 @@ def train_command(
                 variables=_names(variables),
                 time_column=time_column,
                 unit_column=unit_column,
+                label_column=label_column,
                 parameters=parameters,
                 false_alarm_rate=false_alarm_rate,
                 holdout=holdout,
@@ -229,6 +238,23 @@ def train_command(
         typer.echo(view.model_dump_json(indent=2))
         return
     metrics_of = view.metrics
+    if view.kind == "classifier":
+        recall = metrics_of.get("per_class_recall") or {}
+        _line(
+            f"trained {view.name}@{view.version} (classifier, {len(view.variables)} variables, "
+            f"{metrics_of.get('training_rows')} rows, classes {', '.join(metrics_of.get('classes', []))}): "
+            f"accuracy on {metrics_of.get('held_out_rows', 0)} held-out rows {_rate(metrics_of.get('accuracy'))}"
+            + ("; recall " + ", ".join(f"{k} {_rate(v)}" for k, v in recall.items()) if recall else "")
+        )
+        return
+    if view.kind == "rul":
+        _line(
+            f"trained {view.name}@{view.version} (rul, {len(view.variables)} variables, "
+            f"{metrics_of.get('units')} units, {metrics_of.get('cycles')} cycles): held-out RMSE "
+            f"{metrics_of.get('held_out_rmse', float('nan')):.2f} cycles, interval coverage "
+            f"{_rate(metrics_of.get('held_out_coverage'))}"
+        )
+        return
     _line(
         f"trained {view.name}@{view.version} ({view.kind}, {len(view.variables)} variables, "
         f"{metrics_of.get('training_rows')} rows): limits "
@@ -429,13 +455,37 @@ def deploy_command(
     model: ModelArg,
     tenant: Tenant,
     device: Annotated[str, typer.Option("--device", help="The device whose live stream it scores.")],
+    classifier: Annotated[
+        str | None, typer.Option("--classifier", help="Monitors: a fault classifier NAME[@VERSION] for its alarms.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", min=0, help="rul: alarm while the lower RUL bound is below (cycles).")
+    ] = None,
+    interval: Annotated[
+        float | None, typer.Option("--interval", min=0.001, help="rul: seconds per cycle (default: as trained).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="rul: when the unit was new or restored, ISO 8601 (default: now).")
+    ] = None,
+    staleness: Annotated[
+        float | None,
+        typer.Option("--staleness", min=0, help="Seconds a variable's last value is held (default: 2 periods)."),
+    ] = None,
 ) -> None:
     """Deploy a version to a device's live stream (ending another version of the model there)."""
     name, number = _reference(model)
     with unit_of_work(ctx, "analytics.deploy") as session:
         service = _service(ctx, session, tenant)
         version = service.get_version(name, number)
-        service.deploy(version, device)
+        service.deploy(
+            version,
+            device,
+            rul_threshold=threshold,
+            interval_s=interval,
+            since=_time(since, "--since") if since is not None else None,
+            classifier=service.get_version(*_reference(classifier)) if classifier else None,
+            staleness_s=staleness,
+        )
         label = f"{service.model_of(version).name}@{version.version}"
     _line(f"deployed {label} to {device}")
 

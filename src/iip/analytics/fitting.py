@@ -1,12 +1,15 @@
 """Fitting a model of a registered kind on a `DataTable`, measuring it, and loading it back from its state.
 
-The kinds are the process monitors (`MONITOR_KINDS`: pca, dpca, ica, dynamic_mahalanobis) and `rul`,
-remaining useful life from run-to-failure histories (a table with a unit column).
+The kinds are the process monitors (`MONITOR_KINDS`: pca, dpca, ica, dynamic_mahalanobis), `rul`,
+remaining useful life from run-to-failure histories (a table with a unit column), and `classifier`,
+the fault classes of labelled rows (a table with a label column).
 
 A monitor is fitted on the first rows of the table and measured on the last `holdout` share, which
 it never saw: the false-alarm rate stored with a version is the share of those normal rows in alarm,
 not the rate its limits were set for. A RUL model measures itself on units it leaves out (its
-held-out RMSE and interval coverage), so `holdout` does not apply to it. The stored state is
+held-out RMSE and interval coverage), so `holdout` does not apply to it. A classifier is fitted on
+the first rows of each labelled run (consecutive rows of one label) and measured on the last
+`holdout` share of each: accuracy, the confusion matrix and each class's recall. The stored state is
 `state_to_bytes` of the model's `to_state()`: an `.npz` of numeric arrays and JSON, read back with
 `allow_pickle=False`.
 """
@@ -28,13 +31,16 @@ from iip.analytics.monitoring import (
     load_monitor,
     monitor_to_bytes,
     state_from_bytes,
+    state_to_bytes,
 )
+from iip.analytics.monitoring.classify import FaultClassifier
 from iip.analytics.rul import DEFAULT_PARAMS as RUL_DEFAULTS
 from iip.analytics.rul import RulModel, histories_from_table
 from iip.analytics.training import DataTable
 
 RUL = RulModel.kind
-Model = Monitor | RulModel
+CLASSIFIER = "classifier"
+Model = Monitor | RulModel | FaultClassifier
 
 # Bounds of the numeric parameters the kinds take: a fuzzed `folds=10**9` must not allocate the moon.
 PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {
@@ -58,8 +64,11 @@ PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {
     "min_samples_leaf": (1, 100_000),
     "l2_regularization": (0.0, 1e6),
     "bins": (1, 100),
+    # fault classifier
+    "regularization": (1e-6, 1e6),
 }
 RUL_PARAMETERS = frozenset(RUL_DEFAULTS) | {"cap", "coverage"}
+CLASSIFIER_PARAMETERS = frozenset({"lags", "regularization", "max_iter"})
 WHOLE_NUMBERS = frozenset(
     {"components", "folds", "lags", "persistence", "max_iter", "seed", "window", "baseline_cycles", "stride"}
     | {"max_leaf_nodes", "min_samples_leaf", "bins"}
@@ -82,7 +91,7 @@ class FittedModel:
 def model_kinds() -> tuple[str, ...]:
     from iip.analytics.monitoring import kinds  # noqa: F401 - registers every monitor kind
 
-    return (*sorted(MONITOR_KINDS), RUL)
+    return (*sorted(MONITOR_KINDS), RUL, CLASSIFIER)
 
 
 def check_parameters(kind: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,8 +112,9 @@ def check_parameters(kind: str, parameters: Mapping[str, Any]) -> dict[str, Any]
                 raise TrainingDataError(f"parameter '{name}' must be a whole number, got {value}")
         if value is not None:
             checked[name] = int(value) if name in WHOLE_NUMBERS else value
-    if kind == RUL:
-        unknown = sorted(set(checked) - RUL_PARAMETERS)
+    allowed = {RUL: RUL_PARAMETERS, CLASSIFIER: CLASSIFIER_PARAMETERS}.get(kind)
+    if allowed is not None:
+        unknown = sorted(set(checked) - allowed)
         if unknown:
             raise TrainingDataError(f"unknown parameters for {kind}: {', '.join(unknown)}")
     return checked
@@ -124,6 +134,8 @@ def fit_model(
         return fit_rul(table, params)
     if not 0.0 <= holdout <= 0.5:
         raise TrainingDataError(f"holdout must be between 0 and 0.5, got {holdout}")
+    if kind == CLASSIFIER:
+        return fit_classifier(table, params, holdout)
     rows = table.rows
     held = round(rows * holdout) if holdout > 0 else 0
     if holdout > 0 and held < 1 and rows > 1:
@@ -188,21 +200,115 @@ def fit_rul(table: DataTable, params: dict[str, Any]) -> FittedModel:
     return FittedModel(RUL, model.variables, model.to_bytes(), {}, summary, metrics)
 
 
+def labelled_runs(table: DataTable) -> list[tuple[str, int, int]]:
+    """(label, first row, end row) of each run of consecutive rows with one label."""
+    if table.labels is None:
+        raise TrainingDataError("a classifier needs the class of each row: name the label column")
+    labels = [label.strip() for label in table.labels]
+    empty = [i for i, label in enumerate(labels) if not label]
+    if empty:
+        raise TrainingDataError(
+            f"missing label at row {empty[0] + 1} ({len(empty)} rows without one); every row needs its class",
+            row=empty[0] + 1,
+        )
+    runs: list[tuple[str, int, int]] = []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            runs.append((labels[start], start, i))
+            start = i
+    return runs
+
+
+def fit_classifier(table: DataTable, params: dict[str, Any], holdout: float) -> FittedModel:
+    """A fault classifier fitted on the first rows of each labelled run and measured on the rest."""
+    lags = int(params.get("lags", 0))
+    fit_runs: list[tuple[str, np.ndarray[Any, np.dtype[np.float64]]]] = []
+    held_runs: list[tuple[str, np.ndarray[Any, np.dtype[np.float64]]]] = []
+    for label, start, end in labelled_runs(table):
+        rows = table.data[start:end]
+        held = round((end - start) * holdout) if holdout > 0 else 0
+        if held and end - start - held < lags + 1:
+            held = 0  # a run too short to split is used for fitting only
+        fit_runs.append((label, rows[: rows.shape[0] - held]))
+        if held:
+            # The held rows with the lags before them, so each held row is classified.
+            held_runs.append((label, rows[rows.shape[0] - held - lags :]))
+    try:
+        classifier = FaultClassifier.fit(fit_runs, table.variables, **params)
+    except TrainingDataError:
+        raise
+    except (TypeError, ValueError, ArithmeticError) as err:
+        raise TrainingDataError(f"cannot fit a classifier with these parameters: {err}") from err
+    meta, arrays = classifier.to_state()
+    state = state_to_bytes(meta, arrays)
+    try:
+        load_model(state)  # what is stored must load: finite coefficients
+    except ModelStateError as err:
+        raise TrainingDataError(f"the fitted classifier is not usable: {err.message}") from err
+    metrics: dict[str, Any] = {
+        "training_rows": int(sum(rows.shape[0] for _, rows in fit_runs)),
+        "classes": list(classifier.classes),
+    }
+    if held_runs:
+        metrics.update(confusion(classifier, held_runs))
+    summary = {
+        "classes": list(classifier.classes),
+        "lags": classifier.lags,
+        "regularization": classifier.regularization,
+        "converged": classifier.converged,
+    }
+    return FittedModel(CLASSIFIER, classifier.variables, state, {}, summary, metrics)
+
+
+def confusion(
+    classifier: FaultClassifier, runs: list[tuple[str, np.ndarray[Any, np.dtype[np.float64]]]]
+) -> dict[str, Any]:
+    """Accuracy, the confusion matrix (rows: true class, columns: predicted) and each class's recall."""
+    classes = list(classifier.classes)
+    index = {name: k for k, name in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    unknown = 0
+    for label, rows in runs:
+        for predicted in classifier.predict(rows)[classifier.lags :]:
+            if predicted is None:
+                continue
+            if label not in index:
+                unknown += 1  # a class the fit never saw (its run was too short): counted as an error
+                continue
+            matrix[index[label], index[predicted]] += 1
+    total = int(matrix.sum()) + unknown
+    recall = {
+        name: round(float(matrix[k, k] / matrix[k].sum()), 6) if matrix[k].sum() else None
+        for k, name in enumerate(classes)
+    }
+    return {
+        "held_out_rows": total,
+        "accuracy": round(float(np.trace(matrix) / total), 6) if total else None,
+        "per_class_recall": recall,
+        "confusion": {"classes": classes, "matrix": matrix.tolist()},
+    }
+
+
 def load_model(state: bytes) -> Model:
     """The model a stored state describes; a state holding anything but numbers and JSON is refused."""
     meta, arrays = state_from_bytes(state)
     if meta.get("kind") == RUL:
         return RulModel.from_state(meta, arrays)
+    if meta.get("kind") == FaultClassifier.kind:
+        return FaultClassifier.from_state(meta, arrays)
     return load_monitor(meta, arrays)
 
 
 __all__ = [
+    "CLASSIFIER",
     "DEFAULT_HOLDOUT",
     "RUL",
     "FittedModel",
     "Model",
     "ModelStateError",
     "check_parameters",
+    "confusion",
     "fit_model",
     "load_model",
     "measure",

@@ -4,7 +4,8 @@
 what it is (kind, variables and where they come from, parameters), how it was trained (data source
 and range, who, when), how good it is (metrics) and its state, an `.npz` file of plain numeric
 arrays and JSON (never a pickle). `analytics_deployment` records a version scoring a device's live
-stream, from deployment to retirement.
+stream, from deployment to retirement, with its settings (a RUL model's alarm threshold and cycle,
+a monitor's fault classifier, how long a variable's last value may be held).
 """
 
 from __future__ import annotations
@@ -87,5 +88,7 @@ class Deployment(Base):
     deployed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     retired_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), default="")
     retired_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # rul_threshold, interval_ms, since_ms (RUL); classifier_version_id (monitors); staleness_s (both).
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Moves on every change: the live scorers reload when the newest value moves.
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -252,6 +252,9 @@ def train_model_from_file(
     unit_column: Annotated[
         str | None, Form(max_length=200, pattern=TEXT_FIELD, description="rul: the unit each row belongs to")
     ] = None,
+    label_column: Annotated[
+        str | None, Form(max_length=200, pattern=TEXT_FIELD, description="classifier: each row's class")
+    ] = None,
     parameters: Annotated[str, Form(max_length=2000, pattern=TEXT_FIELD, description="a JSON object")] = "",
     false_alarm_rate: Annotated[float, Form(gt=0, lt=0.5)] = 0.01,
     holdout: Annotated[float, Form(ge=0, le=0.5)] = 0.2,
@@ -264,7 +267,8 @@ def train_model_from_file(
     missing or non-numeric cell is refused (422, naming its row and column), as are constant columns
     and too few rows. The version's variables read the metrics of the same names once deployed. A
     `rul` model learns from run-to-failure histories: `unit_column` names each row's unit, whose
-    rows are its cycles in order up to its failure.
+    rows are its cycles in order up to its failure. A `classifier` learns fault classes from
+    `label_column`; its metrics hold the confusion matrix and each class's recall on held-out rows.
     """
     service = _service(request, session, actor)
     row = service.train_from_file(
@@ -275,6 +279,7 @@ def train_model_from_file(
         variables=_names(variables),
         time_column=time_column or None,
         unit_column=unit_column or None,
+        label_column=label_column or None,
         parameters=_parameters(parameters),
         false_alarm_rate=false_alarm_rate,
         holdout=holdout,
@@ -452,10 +457,23 @@ def deploy_model_version(
     actor: Writer,
     session: DbSession,
 ) -> DeploymentOut:
-    """Score a device's live stream with this version (ending another version of the model there)."""
+    """Score a device's live stream with this version (ending another version of the model there).
+
+    A monitor may take a fault `classifier`: its alarms then name the most likely fault class. A
+    rul model writes its estimate each cycle and raises `model.rul_low` below `rul_threshold`.
+    """
     service = _service(request, session, actor)
     row = service.get_version(model, version)
-    deployment = service.deploy(row, body.device)
+    classifier = service.version_by_reference(body.classifier) if body.classifier else None
+    deployment = service.deploy(
+        row,
+        body.device,
+        rul_threshold=body.rul_threshold,
+        interval_s=body.interval_s,
+        since=body.since,
+        classifier=classifier,
+        staleness_s=body.staleness_s,
+    )
     audit_object(request, "analytics_deployment", deployment.id)
     _reload_later(request, background)
     return deployment_view(deployment, service.model_of(row).name, row.version)

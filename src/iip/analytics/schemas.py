@@ -33,7 +33,9 @@ MAX_SAMPLES = 10_000
 class TelemetryRange(BaseModel):
     """Stored telemetry on a time grid: every metric of every device, one sample per `interval_s`."""
 
-    devices: list[DeviceKey] = Field(min_length=1, max_length=20)
+    devices: list[DeviceKey] = Field(
+        min_length=1, max_length=200, description="rul: each device is one unit, its run ending at its last point"
+    )
     metrics: list[MetricName] = Field(min_length=1, max_length=500)
     start: AwareDatetime
     end: AwareDatetime
@@ -62,7 +64,7 @@ class TrainBody(BaseModel):
     )
 
     name: ModelName
-    kind: Kind = Field(description="pca, dpca, ica, dynamic_mahalanobis")
+    kind: Kind = Field(description="pca, dpca, ica, dynamic_mahalanobis, rul (one unit per device)")
     description: Description = ""
     source: TelemetryRange
     parameters: Parameters = Field(default_factory=dict)
@@ -86,6 +88,9 @@ class DeploymentOut(BaseModel):
     deployed_at: dt.datetime
     retired_by: str
     retired_at: dt.datetime | None
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="rul_threshold, interval_ms, since_ms (rul); classifier; staleness_s"
+    )
 
 
 class VersionOut(BaseModel):
@@ -223,6 +228,24 @@ class ContributionsOut(BaseModel):
 
 class DeployBody(BaseModel):
     device: DeviceKey = Field(description="the device whose live stream the version scores")
+    classifier: Annotated[str, StringConstraints(min_length=1, max_length=120, pattern=NO_NUL)] | None = Field(
+        default=None, description="monitors: a fault classifier, NAME or NAME@VERSION, naming the likely fault class"
+    )
+    rul_threshold: float | None = Field(
+        default=None, ge=0, le=1e6, description="rul: alarm while the lower end of the estimate is below (cycles)"
+    )
+    interval_s: float | None = Field(
+        default=None, gt=0, le=86_400, description="rul: one cycle per interval (default: the trained one)"
+    )
+    since: AwareDatetime | None = Field(
+        default=None, description="rul: when the unit was new or restored (default: now)"
+    )
+    staleness_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="how long a variable's last value is held (default: twice its period)",
+    )
 
 
 class RetireBody(BaseModel):

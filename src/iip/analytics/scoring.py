@@ -1,12 +1,13 @@
 """Live scoring: deployed versions score their devices' streams as the points arrive on the bus.
 
-Samples are aligned by timestamp: a sample is the values of every variable at one time, and it is
-scored as soon as it is complete. Drivers that poll stamp every value of a scan with one time, and
-JSON and Sparkplug payloads carry one time per message, so a device's variables arrive aligned.
-A sample still incomplete when a later one completes, or after `grace_s`, is final: it is not
-scored (nothing is imputed), its missing variables are counted in the `missing` score, and a
+Samples are aligned by sample-and-hold (`alignment.SampleAligner`): a sample is final once every
+variable has reported since the previous one (points stamped together make one sample per
+timestamp), or when a variable reports again first, or after `grace_s`; a variable that did not
+report takes its last value if that is not older than its staleness (the deployment's
+`staleness_s`, else twice its usual period). A variable older than that is missing: the sample is
+not scored (nothing is imputed), its missing variables are counted in the `missing` score, and a
 `model.variable_missing` event names them. Points of BAD quality count as absent; points older than
-the newest sample already scored are ignored.
+the newest final sample are ignored.
 
 Many samples arriving at once (a backlog, an edge agent's outbox) are scored as one numpy block.
 A lagged model keeps its last `history` samples, and the persistence filter its last `persistence - 1`,
@@ -16,9 +17,16 @@ Scores go back as telemetry on the deployed device (`analytics.<model>.<statisti
 `.missing`) through `telemetry.points`, so the store, the twin and alarm rules see them. Alarm
 transitions are published as `AlarmEvent`s (source `analytics`, kind `model.limit_exceeded`, the
 device as subject) with the variables contributing most (explained at most once a second per
-deployment: it costs as much as scoring hundreds of samples); an `event` rule in alarms turns them
-into alarms. Several models on one device share that condition: it clears when none of them is in
-alarm.
+deployment: it costs as much as scoring hundreds of samples) and, when the deployment names a
+fault classifier, the most likely fault class; an `event` rule in alarms turns them into alarms.
+Several models on one device share that condition: it clears when none of them is in alarm.
+
+A deployed RUL model (`RulScorer`) collects the device's points into cycles of the deployment's
+interval counted from `since_ms` (a cycle is the mean of each variable's points in it, held as
+above when a variable did not report), keeps the unit's complete cycles (read back from the store
+when the scorer starts, so a restart keeps the unit's age), and writes the estimate and its interval
+per cycle (`.rul`, `.rul_low`, `.rul_high`); `model.rul_low` is raised while the lower end is below
+the deployment's threshold.
 
 The runner reloads the deployments when they change (a cheap fingerprint read every few seconds,
 and at once after a deploy or retire through this process), keeping the state of the scorers whose
@@ -32,7 +40,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,13 +49,18 @@ import numpy as np
 import numpy.typing as npt
 
 from iip.alarms.public import ALARM_EVENTS, AlarmEvent
-from iip.analytics.fitting import load_model
+from iip.analytics.alignment import HeldValues, SampleAligner, unique_sorted
+from iip.analytics.fitting import RUL, load_model
 from iip.analytics.monitoring import Monitor
-from iip.analytics.public import LIMIT_EXCEEDED, SOURCE, VARIABLE_MISSING, score_metric
+from iip.analytics.monitoring.classify import FaultClassifier
+from iip.analytics.public import LIMIT_EXCEEDED, RUL_LOW, SOURCE, VARIABLE_MISSING, score_metric
+from iip.analytics.rul import RulModel
 from iip.analytics.service import (
     DeployedVersion,
+    RulHistory,
     deployed_versions,
     deployments_fingerprint,
+    rul_history,
     top_variables,
     utc_from_ms,
 )
@@ -66,7 +79,8 @@ SCORING_DURABLE = "analytics-scoring"
 TICK_S = 1.0
 RELOAD_EVERY_TICKS = 3
 GRACE_S = 5.0
-MAX_PENDING = 1000  # incomplete samples kept per scorer; past that the oldest are final
+PROBABLE_CLASSES = 3  # fault classes named in an alarm, most probable first
+MAX_SEVERITY = 1000.0
 BAD_QUALITY = 2
 TOP_COUNT = 3
 EXPLAIN_EVERY_S = 1.0
@@ -84,29 +98,66 @@ class ScoredBlock:
     # (row, active, severity, details) of the alarm and missing-variable transitions, in time order.
     limit_changes: list[tuple[int, bool, float, dict[str, Any]]] = field(default_factory=list)
     missing_changes: list[tuple[int, bool, list[str]]] = field(default_factory=list)
+    kind: str = LIMIT_EXCEEDED  # the event kind of `limit_changes`
+
+
+def _series_columns(deployed: DeployedVersion, variables: Sequence[str]) -> dict[tuple[str, str], int]:
+    """(device, metric) of each variable's live series -> its column."""
+    return {
+        (source["device"] or deployed.device, source["metric"]): j
+        for j, source in enumerate(deployed.sources)
+        if source["variable"] in variables
+    }
+
+
+def _staleness_ms(deployed: DeployedVersion) -> int | None:
+    value = deployed.settings.get("staleness_s")
+    return round(float(value) * 1000) if isinstance(value, (int, float)) else None
+
+
+def _missing_changes(out: ScoredBlock, absent: BoolArray, variables: Sequence[str], active: bool | None) -> bool | None:
+    """The missing-variable transitions of a block; the state after it."""
+    if not absent.shape[0]:
+        return active
+    lacking: BoolArray = np.asarray(absent.any(axis=1), dtype=bool)
+    previous = np.concatenate([[not lacking[0] if active is None else active], lacking[:-1]])
+    for row in np.flatnonzero(lacking != previous):
+        names = [variables[int(j)] for j in np.flatnonzero(absent[row])]
+        out.missing_changes.append((int(row), bool(lacking[row]), names))
+    return bool(lacking[-1])
 
 
 class LiveScorer:
-    """One deployed version on one device: incomplete samples, the recent history, the alarm state."""
+    """One deployed monitor on one device: the open sample, the recent history, the alarm state."""
 
-    def __init__(self, deployed: DeployedVersion, monitor: Monitor, *, grace_s: float = GRACE_S) -> None:
+    alarm_kind = LIMIT_EXCEEDED
+
+    def __init__(
+        self,
+        deployed: DeployedVersion,
+        monitor: Monitor,
+        *,
+        grace_s: float = GRACE_S,
+        classifier: FaultClassifier | None = None,
+    ) -> None:
         self.deployed = deployed
         self.monitor = monitor
         self.grace_s = grace_s
         self.variables = monitor.variables
         width = len(self.variables)
-        self.columns: dict[tuple[str, str], int] = {
-            (source["device"] or deployed.device, source["metric"]): j
-            for j, source in enumerate(deployed.sources)
-            if source["variable"] in self.variables
-        }
-        # Enough rows for the lag window of the oldest row the persistence filter looks back to.
-        self.keep = monitor.history + monitor.persistence - 1
-        self.pending_ts: IntArray = np.empty(0, dtype=np.int64)
-        self.pending: FloatArray = np.empty((0, width))
-        self.pending_since: FloatArray = np.empty(0)
+        self.columns = _series_columns(deployed, self.variables)
+        self.classifier = classifier
+        # The classifier's variables as columns of the monitor's samples (checked at deployment).
+        self.classifier_columns = (
+            np.array([self.variables.index(v) for v in classifier.variables], dtype=np.intp)
+            if classifier is not None
+            else np.empty(0, dtype=np.intp)
+        )
+        # Enough rows for the lag window of the oldest row the persistence filter looks back to,
+        # and for the classifier's lags.
+        self.keep = max(monitor.history + monitor.persistence - 1, classifier.lags if classifier else 0)
+        self.aligner = SampleAligner(width, staleness_ms=_staleness_ms(deployed))
         self.context: FloatArray = np.empty((0, width))
-        self.last_ts: int | None = None
         self.alarm_active: bool | None = None  # unknown until the first scored sample
         self.missing_active: bool | None = None
         self.scored = 0  # samples scored, for tests and benchmarks
@@ -116,43 +167,19 @@ class LiveScorer:
     def key(self) -> str:
         return self.deployed.deployment_id
 
+    @property
+    def last_ts(self) -> int | None:
+        return self.aligner.last_ts
+
     def take(self, ts: IntArray, columns: IntArray, values: FloatArray, now: float) -> ScoredBlock | None:
-        """Points of this scorer's series; the samples they complete (and those they make final) scored."""
-        if self.last_ts is not None:
-            fresh = ts > self.last_ts
-            ts, columns, values = ts[fresh], columns[fresh], values[fresh]
-        if ts.size == 0:
-            return None
-        keys = np.concatenate([self.pending_ts, ts])
-        times, inverse = _unique_sorted(keys)
-        held = self.pending.shape[0]
-        block = np.full((times.size, len(self.variables)), np.nan)
-        since = np.full(times.size, now)
-        if held:
-            block[inverse[:held]] = self.pending
-            since[inverse[:held]] = self.pending_since
-        block[inverse[held:], columns] = values
-        complete = np.isfinite(block).all(axis=1)
-        final = int(np.flatnonzero(complete)[-1]) + 1 if complete.any() else 0
-        final = max(final, times.size - MAX_PENDING)
-        self.pending_ts, self.pending, self.pending_since = times[final:], block[final:], since[final:]
-        return self._score(times[:final], block[:final], now) if final else None
+        """Points of this scorer's series; the samples they make final, scored."""
+        times, block = self.aligner.take(ts, columns, values, now)
+        return self._score(times, block, now) if times.size else None
 
     def expire(self, now: float) -> ScoredBlock | None:
-        """Samples incomplete for longer than the grace period are final."""
-        if not self.pending_ts.size:
-            return None
-        stale = self.pending_since <= now - self.grace_s
-        if not stale.any():
-            return None
-        final = int(np.flatnonzero(stale)[-1]) + 1
-        times, block = self.pending_ts[:final], self.pending[:final]
-        self.pending_ts, self.pending, self.pending_since = (
-            self.pending_ts[final:],
-            self.pending[final:],
-            self.pending_since[final:],
-        )
-        return self._score(times, block, now)
+        """The open sample, final once it has waited the grace period for its missing variables."""
+        times, block = self.aligner.expire(now, self.grace_s)
+        return self._score(times, block, now) if times.size else None
 
     def _score(self, times: IntArray, block: FloatArray, now: float) -> ScoredBlock:
         kept = self.context.shape[0]
@@ -160,14 +187,13 @@ class LiveScorer:
         scores = self.monitor.score(rows)
         n = block.shape[0]
         self.context = rows[-self.keep :] if self.keep else rows[:0]
-        self.last_ts = int(times[-1])
         self.scored += n
         statistics = {name: values[kept:] for name, values in scores.statistics.items()}
         alarm, valid = scores.alarm[kept:], scores.valid[kept:]
         absent = ~np.isfinite(block)
         out = ScoredBlock(times, statistics, alarm, valid, absent.sum(axis=1))
         self._limit_changes(out, rows, kept, scores.limits, now)
-        self._missing_changes(out, absent)
+        self.missing_active = _missing_changes(out, absent, self.variables, self.missing_active)
         return out
 
     def _limit_changes(
@@ -202,8 +228,26 @@ class LiveScorer:
                 if now - self.explained_at >= EXPLAIN_EVERY_S:
                     details["top_variables"] = self._top(rows, kept + row, worst)
                     self.explained_at = now
+            if active and self.classifier is not None:
+                details.update(self._fault_class(self.classifier, rows, kept + row))
             out.limit_changes.append((row, active, severity, details))
         self.alarm_active = bool(flags[-1])
+
+    def _fault_class(self, classifier: FaultClassifier, rows: FloatArray, at: int) -> dict[str, Any]:
+        """The classifier's most probable fault classes at a row (nothing when its lags are not complete)."""
+        first = at - classifier.lags
+        if first < 0:
+            return {}
+        window = rows[first : at + 1][:, self.classifier_columns]
+        probabilities = classifier.probabilities(window)[-1]
+        if not np.isfinite(probabilities).all():
+            return {}
+        order = np.argsort(-probabilities, kind="stable")[:PROBABLE_CLASSES]
+        return {
+            "fault_class": classifier.classes[int(order[0])],
+            "fault_probabilities": {classifier.classes[int(k)]: round(float(probabilities[k]), 4) for k in order},
+            "classifier": str(self.deployed.settings.get("classifier", "")),
+        }
 
     def _top(self, rows: FloatArray, at: int, statistic: str) -> list[dict[str, float | str]]:
         window = rows[at - self.monitor.history : at + 1]
@@ -216,15 +260,148 @@ class LiveScorer:
             {"variable": name, "share": round(shares[name] / total, 4)} for name in top_variables(shares, TOP_COUNT)
         ]
 
-    def _missing_changes(self, out: ScoredBlock, absent: BoolArray) -> None:
-        lacking: BoolArray = np.asarray(absent.any(axis=1), dtype=bool)
-        previous = np.concatenate(
-            [[not lacking[0] if self.missing_active is None else self.missing_active], lacking[:-1]]
-        )
-        for row in np.flatnonzero(lacking != previous):
-            names = [self.variables[j] for j in np.flatnonzero(absent[row])]
-            out.missing_changes.append((int(row), bool(lacking[row]), names))
-        self.missing_active = bool(lacking[-1])
+
+class RulScorer:
+    """One deployed RUL model on one device (a unit): open cycles, the unit's complete cycles, the alarm state."""
+
+    alarm_kind = RUL_LOW
+
+    def __init__(
+        self,
+        deployed: DeployedVersion,
+        model: RulModel,
+        *,
+        history: RulHistory | None = None,
+        grace_s: float = GRACE_S,
+    ) -> None:
+        self.deployed = deployed
+        self.model = model
+        self.grace_s = grace_s
+        self.variables = model.variables
+        self.columns = _series_columns(deployed, self.variables)
+        self.interval_ms = int(deployed.settings["interval_ms"])
+        self.since_ms = int(deployed.settings["since_ms"])
+        threshold = deployed.settings.get("rul_threshold")
+        self.threshold = float(threshold) if isinstance(threshold, (int, float)) else None
+        width = len(self.variables)
+        self.history = history.rows if history is not None else np.empty((0, width))
+        resume_ms = history.resume_ms if history is not None else self.since_ms
+        # Stored cycles not estimated yet (the process stopped first): estimated by `catch_up`.
+        self.backlog: tuple[IntArray, int] = (np.empty(0, dtype=np.int64), 0)
+        if history is not None and history.times_ms.size:
+            later = history.times_ms > (history.estimated_ms if history.estimated_ms is not None else -1)
+            self.backlog = (history.times_ms[later], int(later.sum()))
+        # Cycles before this one are final (stored ones were read back at the start).
+        self.next_cycle = max(0, -(-(resume_ms - self.since_ms) // self.interval_ms))
+        # cycle -> (sums, counts, monotonic time of its first point)
+        self.open: dict[int, tuple[FloatArray, FloatArray, float]] = {}
+        self.held = HeldValues(len(self.variables), _staleness_ms(deployed))
+        self.alarm_active: bool | None = None
+        self.missing_active: bool | None = None
+        self.scored = 0
+
+    @property
+    def key(self) -> str:
+        return self.deployed.deployment_id
+
+    def take(self, ts: IntArray, columns: IntArray, values: FloatArray, now: float) -> ScoredBlock | None:
+        """Points of the unit; the cycles the stream has moved past are final and estimated."""
+        cycles = (ts - self.since_ms) // self.interval_ms
+        mine = cycles >= self.next_cycle
+        cycles, columns, values = cycles[mine], columns[mine], values[mine]
+        if not cycles.size:
+            return None
+        width = len(self.variables)
+        keys, inverse = unique_sorted(cycles)
+        for k, cycle in enumerate(keys.tolist()):
+            chosen = inverse == k
+            sums, counts, first = self.open.get(cycle, (np.zeros(width), np.zeros(width), now))
+            sums = sums + np.bincount(columns[chosen], weights=values[chosen], minlength=width)
+            counts = counts + np.bincount(columns[chosen], minlength=width)
+            self.open[cycle] = (sums, counts, first)
+        newest = max(self.open)
+        return self._close([c for c in sorted(self.open) if c < newest], now)
+
+    def expire(self, now: float) -> ScoredBlock | None:
+        """Cycles open for longer than their interval and the grace period are final."""
+        wait = self.interval_ms / 1000 + self.grace_s
+        stale = [c for c, (_, _, first) in self.open.items() if first <= now - wait]
+        return self._close([c for c in sorted(self.open) if c <= max(stale)], now) if stale else None
+
+    def _close(self, cycles: list[int], now: float) -> ScoredBlock | None:
+        if not cycles:
+            return None
+        rows = []
+        times = []
+        for cycle in cycles:
+            sums, counts, _ = self.open.pop(cycle)
+            at = self.since_ms + cycle * self.interval_ms
+            present = counts > 0
+            self.held.update(present, sums / np.maximum(counts, 1), at)
+            rows.append(self.held.row_at(at, present))
+            times.append(at)
+        self.next_cycle = cycles[-1] + 1
+        block = np.vstack(rows)
+        complete: BoolArray = np.asarray(np.isfinite(block).all(axis=1), dtype=bool)
+        # A cycle lacking a variable is left out of the unit's history (never imputed).
+        self.history = np.vstack([self.history, block[complete]])
+        return self._estimate(np.array(times, dtype=np.int64), block, complete)
+
+    def catch_up(self) -> ScoredBlock | None:
+        """Estimates of the stored cycles read back at the start that were never estimated."""
+        times, count = self.backlog
+        self.backlog = (np.empty(0, dtype=np.int64), 0)
+        if not count:
+            return None
+        return self._estimate(times, self.history[-count:], np.ones(count, dtype=bool))
+
+    def _estimate(self, times: IntArray, block: FloatArray, complete: BoolArray) -> ScoredBlock:
+        """Scores of final cycles whose complete ones are the newest rows of the history."""
+        n = block.shape[0]
+        point, lower, upper = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        if complete.any():
+            curve = self.model.predict_cycles(self.history)
+            added = int(complete.sum())
+            point[complete] = curve.point[-added:]
+            lower[complete] = curve.lower[-added:]
+            upper[complete] = curve.upper[-added:]
+        self.scored += int(complete.sum())
+        valid = complete & np.isfinite(point)
+        alarm = valid & (lower < self.threshold) if self.threshold is not None else np.zeros(n, dtype=bool)
+        statistics = {"rul": point, "rul_low": lower, "rul_high": upper}
+        absent = ~np.isfinite(block)
+        out = ScoredBlock(times, statistics, alarm, valid, absent.sum(axis=1), kind=RUL_LOW)
+        if self.threshold is not None:
+            self._limit_changes(out, self.threshold)
+        self.missing_active = _missing_changes(out, absent, self.variables, self.missing_active)
+        return out
+
+    def _limit_changes(self, out: ScoredBlock, threshold: float) -> None:
+        flags = out.alarm[out.valid]
+        if not flags.size:
+            return
+        positions = np.flatnonzero(out.valid)
+        previous = np.concatenate([[not flags[0] if self.alarm_active is None else self.alarm_active], flags[:-1]])
+        cycles_seen = self.history.shape[0] - int(out.valid.sum())
+        for k in np.flatnonzero(flags != previous):
+            row = int(positions[k])
+            low = float(out.statistics["rul_low"][row])
+            details: dict[str, Any] = {
+                "model": self.deployed.name,
+                "version": self.deployed.version,
+                "deployment_id": self.deployed.deployment_id,
+                "rul": float(out.statistics["rul"][row]),
+                "rul_low": low,
+                "rul_high": float(out.statistics["rul_high"][row]),
+                "threshold": threshold,
+                "cycles": cycles_seen + int(k) + 1,
+            }
+            severity = min(threshold / low, MAX_SEVERITY) if low > 0 else MAX_SEVERITY
+            out.limit_changes.append((row, bool(flags[k]), severity if flags[k] else 0.0, details))
+        self.alarm_active = bool(flags[-1])
+
+
+Scorer = LiveScorer | RulScorer
 
 
 def _small_ints(values: list[int]) -> npt.NDArray[np.int64]:
@@ -235,23 +412,12 @@ def _small_ints(values: list[int]) -> npt.NDArray[np.int64]:
         return np.asarray(values, dtype=np.int64)
 
 
-def _unique_sorted(keys: IntArray) -> tuple[IntArray, npt.NDArray[np.intp]]:
-    """Distinct values and each key's position among them; a sorted input (the usual) skips the sort."""
-    if keys.size and (keys[1:] >= keys[:-1]).all():
-        starts = np.empty(keys.size, dtype=bool)
-        starts[0] = True
-        np.not_equal(keys[1:], keys[:-1], out=starts[1:])
-        return keys[starts], np.cumsum(starts) - 1
-    values, inverse = np.unique(keys, return_inverse=True)
-    return values, inverse.reshape(-1)
-
-
 @dataclass(frozen=True)
 class _Change:
     """A condition one scorer raised or cleared."""
 
     at_ms: int
-    scorer: LiveScorer
+    scorer: Scorer
     kind: str
     active: bool
     severity: float
@@ -264,10 +430,21 @@ def _message(change: _Change) -> str:
     details = change.details
     if change.kind == VARIABLE_MISSING:
         return f"{label}: no value of {', '.join(details['variables'][:10])}" if change.active else f"{label}: complete"
+    if change.kind == RUL_LOW:
+        if not change.active:
+            return f"{label}: remaining life above {details.get('threshold', 0):g} cycles"
+        return (
+            f"{label}: remaining life {details['rul_low']:.0f} to {details['rul_high']:.0f} cycles "
+            f"(estimate {details['rul']:.0f}), below {details['threshold']:g}"
+        )
     if not change.active:
         return f"{label}: within limits"
     top = ", ".join(str(item["variable"]) for item in details.get("top_variables", []))
-    return f"{label}: {details.get('statistic', '')} over its limit" + (f" (most: {top})" if top else "")
+    text = f"{label}: {details.get('statistic', '')} over its limit" + (f" (most: {top})" if top else "")
+    if "fault_class" in details:
+        probability = details["fault_probabilities"][details["fault_class"]]
+        text += f"; likely {details['fault_class']} ({100 * probability:.0f}%)"
+    return text
 
 
 @dataclass
@@ -312,8 +489,8 @@ class ScoringRunner:
         self.runtime = runtime
         self.tick_s = tick_s
         self.grace_s = grace_s
-        self.scorers: dict[str, LiveScorer] = {}
-        self._by_series: dict[str, dict[tuple[str, str], list[tuple[LiveScorer, int]]]] = {}
+        self.scorers: dict[str, Scorer] = {}
+        self._by_series: dict[str, dict[tuple[str, str], list[tuple[Scorer, int]]]] = {}
         # (kind, tenant, device) -> the deployments holding that condition raised
         self._raised: dict[tuple[str, str, str], set[str]] = {}
         self._fingerprint: tuple[object, ...] | None = None
@@ -348,34 +525,48 @@ class ScoringRunner:
         loaded = await asyncio.to_thread(self._read, None if force else self._fingerprint)
         if loaded is None:
             return
-        fingerprint, deployed = loaded
+        fingerprint, deployed, histories = loaded
         async with self._lock:
-            cleared = self._install(deployed)
+            cleared = self._install(deployed, histories)
             self._fingerprint = fingerprint
         for outcome in cleared:
             await self._publish(outcome)
 
-    def _read(self, known: tuple[object, ...] | None) -> tuple[tuple[object, ...], list[DeployedVersion]] | None:
+    def _read(
+        self, known: tuple[object, ...] | None
+    ) -> tuple[tuple[object, ...], list[DeployedVersion], dict[str, RulHistory]] | None:
         with self.runtime.db.session() as session:
             fingerprint = deployments_fingerprint(session)
             if fingerprint == known:
                 return None
-            return fingerprint, deployed_versions(session)
+            deployed = deployed_versions(session)
+        # A RUL model starting on a device reads the unit's stored cycles back: its age survives a restart.
+        histories: dict[str, RulHistory] = {}
+        now_ms = int(time.time() * 1000)
+        for item in deployed:
+            if item.kind == RUL and item.deployment_id not in self.scorers:
+                try:
+                    histories[item.deployment_id] = rul_history(self.runtime, item, now_ms)
+                except Exception:  # the scorer starts from the live stream alone
+                    logger.exception("stored history of deployment %s not read", item.deployment_id)
+        return fingerprint, deployed, histories
 
-    def _install(self, deployed: Sequence[DeployedVersion]) -> list[_Outcome]:
-        scorers: dict[str, LiveScorer] = {}
+    def _install(
+        self, deployed: Sequence[DeployedVersion], histories: Mapping[str, RulHistory] | None = None
+    ) -> list[_Outcome]:
+        scorers: dict[str, Scorer] = {}
         for item in deployed:
             old = self.scorers.get(item.deployment_id)
             if old is not None and old.deployed.state_sha256 == item.state_sha256:
                 scorers[item.deployment_id] = old
                 continue
             try:
-                model = load_model(item.state)
+                scorer = self._scorer(item, (histories or {}).get(item.deployment_id))
             except ValueError as err:  # a stored state that no longer loads: the others still run
                 logger.error("deployment %s of %s not started: %s", item.deployment_id, item.name, err)
                 continue
-            if isinstance(model, Monitor):  # only monitors are deployed (the service refuses the others)
-                scorers[item.deployment_id] = LiveScorer(item, model, grace_s=self.grace_s)
+            if scorer is not None:
+                scorers[item.deployment_id] = scorer
         # A deployment that ended while in alarm (or lacking a variable) must not leave its condition raised.
         cleared: dict[str, _Outcome] = {}
         now_ms = int(time.time() * 1000)
@@ -385,18 +576,38 @@ class ScoringRunner:
             deployed_item = scorer.deployed
             outcome = cleared.setdefault(deployed_item.tenant_id, _Outcome(deployed_item.tenant_id))
             details = {"model": deployed_item.name, "version": deployed_item.version, "retired": True}
-            for kind, raised in ((LIMIT_EXCEEDED, scorer.alarm_active), (VARIABLE_MISSING, scorer.missing_active)):
+            for kind, raised in ((scorer.alarm_kind, scorer.alarm_active), (VARIABLE_MISSING, scorer.missing_active)):
                 if raised:
                     outcome.changes.append(_Change(now_ms, scorer, kind, False, 0.0, details))
         self.scorers = scorers
-        by_series: dict[str, dict[tuple[str, str], list[tuple[LiveScorer, int]]]] = {}
+        for scorer in scorers.values():
+            block = scorer.catch_up() if isinstance(scorer, RulScorer) else None
+            if block is not None:
+                tenant_id = scorer.deployed.tenant_id
+                self._collect(cleared.setdefault(tenant_id, _Outcome(tenant_id)), scorer, block)
+        by_series: dict[str, dict[tuple[str, str], list[tuple[Scorer, int]]]] = {}
         for scorer in scorers.values():
             tenant = by_series.setdefault(scorer.deployed.tenant_id, {})
             for series, column in scorer.columns.items():
                 tenant.setdefault(series, []).append((scorer, column))
         self._by_series = by_series
         logger.info("live scoring: %d deployed model version(s)", len(scorers))
+        # Clears of ended deployments, and estimates of stored cycles a RUL scorer read back.
         return [self._finish(outcome) for outcome in cleared.values()]
+
+    def _scorer(self, item: DeployedVersion, history: RulHistory | None) -> Scorer | None:
+        model = load_model(item.state)
+        if isinstance(model, Monitor):
+            classifier = None
+            if item.classifier_state is not None:
+                found = load_model(item.classifier_state)
+                classifier = found if isinstance(found, FaultClassifier) else None
+                if classifier is not None and not set(classifier.variables) <= set(model.variables):
+                    classifier = None  # checked at deployment; a mismatch leaves the alarm without a class
+            return LiveScorer(item, model, grace_s=self.grace_s, classifier=classifier)
+        if isinstance(model, RulModel):
+            return RulScorer(item, model, history=history, grace_s=self.grace_s)
+        return None  # a classifier is not deployed on its own (the service refuses it)
 
     # --- the stream
 
@@ -415,12 +626,12 @@ class ScoringRunner:
     def take(
         self,
         batch: PointBatch,
-        tenant: dict[tuple[str, str], list[tuple[LiveScorer, int]]] | None = None,
+        tenant: dict[tuple[str, str], list[tuple[Scorer, int]]] | None = None,
         now: float | None = None,
     ) -> _Outcome | None:
         """Score what a batch completes (synchronously); the scores and events to publish."""
         tenant = self._by_series.get(batch.tenant_id, {}) if tenant is None else tenant
-        wanted: dict[str, tuple[LiveScorer, npt.NDArray[np.int64]]] = {}
+        wanted: dict[str, tuple[Scorer, npt.NDArray[np.int64]]] = {}
         for j, series in enumerate(batch.series):
             for scorer, column in tenant.get(series, ()):
                 entry = wanted.get(scorer.key)
@@ -446,7 +657,7 @@ class ScoringRunner:
                 self._collect(outcome, scorer, block)
         return self._finish(outcome)
 
-    def _collect(self, outcome: _Outcome, scorer: LiveScorer, block: ScoredBlock) -> None:
+    def _collect(self, outcome: _Outcome, scorer: Scorer, block: ScoredBlock) -> None:
         device = scorer.deployed.device
         name = scorer.deployed.name
         for statistic, values in block.statistics.items():
@@ -456,7 +667,7 @@ class ScoringRunner:
         outcome.add_series(device, score_metric(name, "alarm"), block.times_ms[block.valid], alarm)
         outcome.add_series(device, score_metric(name, "missing"), block.times_ms, block.missing.astype(np.float64))
         for row, active, severity, details in block.limit_changes:
-            outcome.changes.append(_Change(int(block.times_ms[row]), scorer, LIMIT_EXCEEDED, active, severity, details))
+            outcome.changes.append(_Change(int(block.times_ms[row]), scorer, block.kind, active, severity, details))
         for row, active, names in block.missing_changes:
             details = {"model": name, "version": scorer.deployed.version, "variables": names}
             outcome.changes.append(

@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,10 +26,19 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from iip.analytics.fitting import DEFAULT_HOLDOUT, RUL, FittedModel, fit_model, load_model, model_kinds
+from iip.analytics.fitting import (
+    CLASSIFIER,
+    DEFAULT_HOLDOUT,
+    RUL,
+    FittedModel,
+    fit_model,
+    load_model,
+    model_kinds,
+)
 from iip.analytics.fitting import Model as Fitted
 from iip.analytics.models import Deployment, Model, ModelVersion
 from iip.analytics.monitoring import Monitor, MonitorScores, ScoringDataError
+from iip.analytics.monitoring.classify import FaultClassifier
 from iip.analytics.rul import RulEstimate, RulModel, histories_from_table
 from iip.analytics.schemas import DeploymentOut, ModelDetail, ModelOut, VersionBrief, VersionOut
 from iip.analytics.training import (
@@ -38,6 +47,7 @@ from iip.analytics.training import (
     Source,
     read_file,
     read_telemetry,
+    read_unit_runs,
     telemetry_sources,
 )
 from iip.kernel import audit
@@ -198,6 +208,15 @@ class AnalyticsService:
             raise NotFound(f"model '{model.name}' has no version {number}", code="version_not_found")
         return row
 
+    def version_by_reference(self, reference: str) -> ModelVersion:
+        """`NAME` (its newest version) or `NAME@VERSION`."""
+        name, at, number = reference.rpartition("@")
+        if not at:
+            return self.get_version(reference)
+        if not number.isdigit():
+            raise Invalid(f"'{reference[:120]}': give the version as NAME@NUMBER", code="reference_invalid")
+        return self.get_version(name, int(number))
+
     def model_of(self, version: ModelVersion) -> Model:
         model = self.session.get(Model, version.model_id)
         if model is None:  # the foreign key keeps this from happening
@@ -213,6 +232,14 @@ class AnalyticsService:
         if not isinstance(model, Monitor):
             raise Invalid(
                 f"version {version.version} is a {version.kind} model, not a process monitor", code="not_a_monitor"
+            )
+        return model
+
+    def classifier(self, version: ModelVersion) -> FaultClassifier:
+        model = self.load(version)
+        if not isinstance(model, FaultClassifier):
+            raise Invalid(
+                f"version {version.version} is a {version.kind} model, not a fault classifier", code="not_a_classifier"
             )
         return model
 
@@ -266,12 +293,22 @@ class AnalyticsService:
         self.actor.require("analytics.write")
         tenant = self.tenant_for(tenant_id)
         self._check_kind(kind)
-        if kind == RUL:
-            raise Invalid(
-                "a rul model trains on a file of run-to-failure histories with a unit column", code="kind_needs_file"
-            )
+        if kind == CLASSIFIER:
+            raise Invalid("a classifier trains on a file of labelled rows (a label column)", code="kind_needs_file")
         if self.runtime is None:
             raise Invalid("reading telemetry needs the platform runtime", code="telemetry_unavailable")
+        if kind == RUL:
+            # Each device is one unit: its stored run, up to its last point, is a run to failure.
+            table = read_unit_runs(
+                telemetry_reader(self.runtime, tenant),
+                metrics,
+                devices,
+                start_ms=time_ms(start),
+                end_ms=time_ms(end),
+                interval_ms=interval_ms(interval_s),
+            )
+            sources = [Source(v, "", v) for v in table.variables]
+            return self._train(tenant, name, kind, table, sources, parameters or {}, false_alarm_rate, 0, description)
         sources = telemetry_sources(devices, metrics)
         table = read_telemetry(
             telemetry_reader(self.runtime, tenant),
@@ -297,6 +334,7 @@ class AnalyticsService:
         variables: Sequence[str] | None = None,
         time_column: str | None = None,
         unit_column: str | None = None,
+        label_column: str | None = None,
         parameters: Mapping[str, Any] | None = None,
         false_alarm_rate: float = 0.01,
         holdout: float = DEFAULT_HOLDOUT,
@@ -306,15 +344,28 @@ class AnalyticsService:
         """A new version trained on a CSV or Parquet file; its variables read the metrics of the same names.
 
         A rul model needs `unit_column`: the rows of each unit are its cycles in order, up to its failure.
+        A classifier needs `label_column`: each row's class ("normal", "fault 3" ...).
         """
         self.actor.require("analytics.write")
         tenant = self.tenant_for(tenant_id)
         self._check_kind(kind)
         if kind == RUL and unit_column is None:
             raise Invalid("a rul model needs the unit column of its run-to-failure histories", code="unit_required")
+        if kind == CLASSIFIER and label_column is None:
+            raise Invalid("a classifier needs the label column naming each row's class", code="label_required")
+        if kind != CLASSIFIER and label_column is not None:
+            raise Invalid(f"a {kind} model takes no label column", code="label_unexpected")
         table = read_file(
-            content, filename, purpose="training", variables=variables, time_column=time_column, unit_column=unit_column
+            content,
+            filename,
+            purpose="training",
+            variables=variables,
+            time_column=time_column,
+            unit_column=unit_column,
+            label_column=label_column,
         )
+        if label_column is not None:
+            table.source["label_column"] = label_column
         sources = [Source(v, "", v) for v in table.variables]
         return self._train(tenant, name, kind, table, sources, parameters or {}, false_alarm_rate, holdout, description)
 
@@ -339,7 +390,9 @@ class AnalyticsService:
             if len(source.metric) > 128:
                 raise Invalid(f"metric name '{source.metric[:40]}...' is longer than 128 characters")
         settings = dict(parameters)
-        if kind != RUL:
+        if kind == CLASSIFIER:
+            settings.update(holdout=holdout)
+        elif kind != RUL:
             settings.update(false_alarm_rate=false_alarm_rate, holdout=holdout)
         return self._store(tenant, name, kind, table, sources, settings, fitted, description)
 
@@ -602,10 +655,28 @@ class AnalyticsService:
 
     # --- deployment
 
-    def deploy(self, version: ModelVersion, device: str) -> Deployment:
-        """Score `device`'s live stream with this version (replacing another version of the model there)."""
+    def deploy(
+        self,
+        version: ModelVersion,
+        device: str,
+        *,
+        rul_threshold: float | None = None,
+        interval_s: float | None = None,
+        since: dt.datetime | None = None,
+        classifier: ModelVersion | None = None,
+        staleness_s: float | None = None,
+    ) -> Deployment:
+        """Score `device`'s live stream with this version (replacing another version of the model there).
+
+        A monitor may name a fault `classifier` (a version of a classifier model reading some of its
+        variables): an alarm then names the most likely fault class. A rul model estimates the
+        device's remaining life once per cycle of `interval_s` (default: the interval it was trained
+        at) counted from `since` (when the unit was new or restored; default now), and raises
+        `model.rul_low` while the lower end of its interval is below `rul_threshold` cycles.
+        `staleness_s` is how long a variable's last value may be held (default: twice its period).
+        """
         self.actor.require("analytics.write")
-        self.monitor(version)  # only a monitor scores a live stream
+        settings = self._deployment_settings(version, rul_threshold, interval_s, since, classifier, staleness_s)
         model = self.model_of(version)
         now = self.clock()
         current = self.session.scalars(
@@ -632,6 +703,7 @@ class AnalyticsService:
             deployed_by=self.actor.label,
             deployed_at=now,
             updated_at=now,
+            settings=settings,
         )
         self.session.add(row)
         version.status = DEPLOYED
@@ -641,6 +713,52 @@ class AnalyticsService:
             self._settle(version_id, now)
         self._audit("deploy", model, version, f"to {device}")
         return row
+
+    def _deployment_settings(
+        self,
+        version: ModelVersion,
+        rul_threshold: float | None,
+        interval_s: float | None,
+        since: dt.datetime | None,
+        classifier: ModelVersion | None,
+        staleness_s: float | None,
+    ) -> dict[str, Any]:
+        settings: dict[str, Any] = {}
+        if staleness_s is not None:
+            if not 0 <= staleness_s <= 86_400:
+                raise Invalid("staleness_s must be between 0 and 86400 seconds", code="setting_invalid")
+            settings["staleness_s"] = float(staleness_s)
+        if version.kind == RUL:
+            if classifier is not None:
+                raise Invalid("a fault classifier goes with a process monitor, not a rul model", code="setting_invalid")
+            if rul_threshold is not None:
+                if not (math.isfinite(rul_threshold) and rul_threshold >= 0):
+                    raise Invalid("rul_threshold must be a number of cycles, 0 or more", code="setting_invalid")
+                settings["rul_threshold"] = float(rul_threshold)
+            settings["interval_ms"] = self._interval(version, interval_s)
+            settings["since_ms"] = time_ms(since or self.clock())
+            self.rul_model(version)  # a state that loads
+            return settings
+        if version.kind == CLASSIFIER:
+            raise Invalid(
+                "a classifier is not deployed on its own: name it when deploying a monitor", code="not_deployable"
+            )
+        if rul_threshold is not None or interval_s is not None or since is not None:
+            raise Invalid("rul_threshold, interval_s and since are settings of rul models", code="setting_invalid")
+        self.monitor(version)  # only a monitor (or a rul model) scores a live stream
+        if classifier is not None:
+            if classifier.tenant_id != version.tenant_id:
+                raise NotFound("classifier not found", code="model_not_found")
+            loaded = self.classifier(classifier)
+            foreign = [v for v in loaded.variables if v not in version.variables]
+            if foreign:
+                raise Invalid(
+                    f"the classifier reads variables the monitor does not: {', '.join(foreign[:20])}",
+                    code="classifier_mismatch",
+                )
+            settings["classifier_version_id"] = classifier.id
+            settings["classifier"] = f"{self.model_of(classifier).name}@{classifier.version}"
+        return settings
 
     def retire(self, version: ModelVersion, device: str | None = None) -> list[Deployment]:
         """End the version's deployments (on `device` only, if given); retired once none is left."""
@@ -737,6 +855,7 @@ def deployment_view(row: Deployment, name: str, version: int) -> DeploymentOut:
         deployed_at=row.deployed_at,
         retired_by=row.retired_by,
         retired_at=row.retired_at,
+        settings=dict(row.settings or {}),
     )
 
 
@@ -779,10 +898,13 @@ class DeployedVersion:
     sources: list[dict[str, str]]
     state: bytes
     state_sha256: str
+    kind: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    classifier_state: bytes | None = None  # the fault classifier named at deployment
 
 
 def deployed_versions(session: Session) -> list[DeployedVersion]:
-    """Every active deployment of every tenant, with its version's state."""
+    """Every active deployment of every tenant, with its version's state (and its classifier's)."""
     query = (
         select(Deployment, Model.name, ModelVersion)
         .join(Model, Model.id == Deployment.model_id)
@@ -790,10 +912,72 @@ def deployed_versions(session: Session) -> list[DeployedVersion]:
         .where(Deployment.active.is_(True))
         .order_by(Deployment.deployed_at)
     )
-    return [
-        DeployedVersion(row.id, row.tenant_id, row.device, name, v.version, v.sources, v.state, v.state_sha256)
-        for row, name, v in session.execute(query)
-    ]
+    out = []
+    for row, name, v in session.execute(query):
+        settings = dict(row.settings or {})
+        classifier_state = None
+        classifier_id = settings.get("classifier_version_id")
+        if isinstance(classifier_id, str):
+            found = session.get(ModelVersion, classifier_id)
+            classifier_state = found.state if found is not None else None
+        out.append(
+            DeployedVersion(
+                row.id,
+                row.tenant_id,
+                row.device,
+                name,
+                v.version,
+                v.sources,
+                v.state,
+                v.state_sha256,
+                v.kind,
+                settings,
+                classifier_state,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class RulHistory:
+    """A RUL deployment's stored cycles: complete ones in order, their times, where the live stream resumes,
+    and the time of the newest estimate already written (cycles after it are estimated at the start)."""
+
+    rows: npt.NDArray[np.float64]
+    times_ms: npt.NDArray[np.int64]
+    resume_ms: int
+    estimated_ms: int | None
+
+
+def rul_history(runtime: Runtime, deployed: DeployedVersion, now_ms: int) -> RulHistory:
+    """The unit's stored cycles since `since_ms`: a restart keeps the unit's age and estimates what it missed.
+
+    The stream resumes after the last stored cycle with any point.
+    """
+    from iip.analytics.public import score_metric
+
+    interval = int(deployed.settings["interval_ms"])
+    since = int(deployed.settings["since_ms"])
+    width = len(deployed.sources)
+    empty = RulHistory(np.empty((0, width)), np.empty(0, dtype=np.int64), since, None)
+    if now_ms <= since:
+        return empty
+    steps = min(-(-(now_ms - since) // interval), 1_000_000)
+    end = since + steps * interval
+    sources = [Source(s["variable"], s["device"], s["metric"]) for s in deployed.sources]
+    read = telemetry_reader(runtime, deployed.tenant_id)
+    table = read_telemetry(
+        read, sources, device=deployed.device, start_ms=since, end_ms=end, interval_ms=interval, purpose="scoring"
+    )
+    reported = np.flatnonzero(np.isfinite(table.data).any(axis=1))
+    if not reported.size:
+        return empty
+    last = int(reported[-1])
+    data = table.data[: last + 1]
+    complete = np.isfinite(data).all(axis=1)
+    times = since + np.flatnonzero(complete).astype(np.int64) * interval
+    written = [ts for ts, _, _ in read(deployed.device, score_metric(deployed.name, "rul"), since, end, 1_000_000)]
+    return RulHistory(data[complete], times, since + (last + 1) * interval, max(written) if written else None)
 
 
 def deployments_fingerprint(session: Session) -> tuple[object, ...]:

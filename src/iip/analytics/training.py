@@ -196,6 +196,73 @@ def read_telemetry(
     return DataTable(tuple(s.variable for s in sources), data, times, None, described)
 
 
+def read_unit_runs(
+    read_points: ReadPoints,
+    metrics: Sequence[str],
+    devices: Sequence[str],
+    *,
+    start_ms: int,
+    end_ms: int,
+    interval_ms: int,
+) -> DataTable:
+    """Run-to-failure histories from stored telemetry: each device is one unit, one cycle per grid step.
+
+    A unit's run is its grid steps from the first to the last with a point of any metric in
+    [start_ms, end_ms): its last step is its failure. Inside a run every metric must have a good
+    point in every step; a gap is an error naming the unit, the variable and the time.
+    """
+    sources = telemetry_sources(devices[:1], metrics)
+    twice = sorted({d for d in devices if list(devices).count(d) > 1})
+    if twice:
+        raise TrainingDataError(f"device named twice: {', '.join(twice)}")
+    parts: list[FloatArray] = []
+    units: list[str] = []
+    runs: dict[str, dict[str, Any]] = {}
+    for device in devices:
+        table = read_telemetry(
+            read_points, sources, device=device, start_ms=start_ms, end_ms=end_ms, interval_ms=interval_ms,
+            purpose="scoring",
+        )  # fmt: skip
+        present = np.isfinite(table.data).any(axis=1)
+        if not present.any():
+            raise TrainingDataError(
+                f"no stored points of unit '{device}' ({_list(metrics)}) between {iso(start_ms)} and {iso(end_ms)}",
+                device=device,
+            )
+        first, last = (int(i) for i in np.flatnonzero(present)[[0, -1]])
+        run = table.data[first : last + 1]
+        gaps = ~np.isfinite(run)
+        if gaps.any():
+            column = int(np.flatnonzero(gaps.any(axis=0))[0])
+            at = start_ms + (first + int(np.flatnonzero(gaps[:, column])[0])) * interval_ms
+            variable = sources[column].variable
+            raise TrainingDataError(
+                f"gap in '{variable}' of unit '{device}': no good point between {iso(at)} and {iso(at + interval_ms)} "
+                f"({int(gaps[:, column].sum())} of its {run.shape[0]} cycles at {interval_ms / 1000:g} s have none); "
+                "choose a longer sample interval or a range without gaps",
+                device=device,
+                variable=variable,
+                at=iso(at),
+            )
+        parts.append(run)
+        units.extend([device] * run.shape[0])
+        run_start = start_ms + first * interval_ms
+        runs[device] = {"start": iso(run_start), "end": iso(start_ms + (last + 1) * interval_ms), "cycles": len(run)}
+    data = np.vstack(parts)
+    described = {
+        "type": "telemetry",
+        "devices": list(devices),
+        "metrics": [s.metric for s in sources],
+        "start": iso(start_ms),
+        "end": iso(end_ms),
+        "interval_ms": interval_ms,
+        "rows": int(data.shape[0]),
+        "units": len(devices),
+        "runs": runs,
+    }
+    return DataTable(tuple(s.variable for s in sources), data, None, None, described, (), units)
+
+
 # --- files --------------------------------------------------------------------------------------
 
 

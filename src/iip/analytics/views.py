@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, defer
 
 from iip.analytics import spc
-from iip.analytics.fitting import RUL
+from iip.analytics.fitting import CLASSIFIER, RUL
 from iip.analytics.models import Deployment, Model, ModelVersion
 from iip.analytics.rul import RulCurve, RulEstimate
 from iip.analytics.service import (
@@ -46,6 +46,7 @@ KIND_LABELS: dict[str, str] = {
     "ica": N_("ICA"),
     "dynamic_mahalanobis": N_("Dynamic Mahalanobis distance"),
     RUL: N_("Remaining useful life"),
+    CLASSIFIER: N_("Fault classifier"),
 }
 STATUS_LABELS: dict[str, str] = {
     "trained": N_("Trained"),
@@ -119,6 +120,11 @@ def key_figures(kind: str, metrics: Mapping[str, Any]) -> list[Figure]:
             ("held_out_rmse", N_("RMSE (held out, cycles)"), number(metrics.get("held_out_rmse"), 1)),
             ("held_out_coverage", N_("Interval coverage (held out)"), percent(metrics.get("held_out_coverage"))),
             ("units", N_("Training units"), number(metrics.get("units"), 0)),
+        ]
+    elif kind == CLASSIFIER:
+        wanted = [
+            ("accuracy", N_("Accuracy (held out)"), percent(metrics.get("accuracy"))),
+            ("classes", N_("Classes"), ", ".join(map(str, metrics.get("classes") or [])) or None),
         ]
     else:
         wanted = [
@@ -211,7 +217,7 @@ class VersionView:
     parameters: dict[str, str]
     source: list[tuple[str, str]]  # (label message id, value)
     deployments: list[Deployment]
-    monitor: bool  # a process monitor: deployable, charted; otherwise a RUL model
+    monitor: bool  # a process monitor: deployable, charted; otherwise a RUL model or a classifier
 
     @property
     def number(self) -> int:
@@ -262,7 +268,7 @@ def version_views(session: Session, model: Model) -> list[VersionView]:
             parameters={k: plain(p) for k, p in sorted(v.parameters.items())},
             source=source_facts(v.data_source),
             deployments=deployments.get(v.id, []),
-            monitor=v.kind != RUL,
+            monitor=v.kind not in (RUL, CLASSIFIER),
         )
         for v in versions_of(session, [model.id]).get(model.id, [])
     ]
