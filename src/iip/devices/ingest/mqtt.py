@@ -10,12 +10,9 @@ capped exponential backoff. Messages are acknowledged once decoded into the batc
 publishes within `batch_max_ms`; a crash of the process can lose that window, a broker restart
 loses nothing. A message that cannot be decoded is filed as a dead letter; nothing stops the loop.
 
-Throughput: messages are handled inside paho's read callback, without aiomqtt's per-message
-`Message`, queue and task, and the socket is read in chunks instead of paho's few-bytes reads: the
-two together more than double the messages a core takes. Both hook into internals of the pinned
-aiomqtt 2 and paho-mqtt 2 (`Client._on_message`, `Client._on_socket_open`, paho's use of a socket's
-`pending()`); should a later version drop them, messages arrive through aiomqtt's public iterator
-instead, which is handled the same way, only slower.
+Throughput: the connection is `receiver.MqttReceiver`, an asyncio protocol that parses every
+PUBLISH of a read in one loop and acknowledges them with one write (ADR 0016); messages reach
+`_on_messages` a read at a time and are decoded into the batcher there, before their PUBACKs go out.
 """
 
 from __future__ import annotations
@@ -30,15 +27,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
-
-import aiomqtt
-import paho.mqtt.client as paho
 
 from iip.devices.codecs.mqtt_json import THINGSBOARD_TOPIC, TOPIC_FILTER, decode_message, rejection
 from iip.devices.directory import DeadLetterSink, DeviceDirectory, IngestOutcome
 from iip.devices.ingest.batcher import IngestBatcher, IngestStats
+from iip.devices.ingest.receiver import Message, MqttError, MqttReceiver, Will, open_receiver
 from iip.kernel.bus import Bus
 from iip.kernel.settings import DevicesSettings, SettingsError
 
@@ -51,7 +46,7 @@ SPARKPLUG_PREFIX = "spBv1.0/"
 SPARKPLUG_FILTER = "spBv1.0/#"
 SERVICE_KEY = "devices.mqtt_ingest"  # key of the running ingest in `Runtime.services`
 KEEPALIVE_S = 30
-READ_CHUNK = 32 * 1024  # about 300 small messages: a few milliseconds of work per loop turn
+GOODBYE_TIMEOUT_S = 2.0  # how long `stop` waits for the broker to take the STATE death
 
 
 class HostApplication(Protocol):
@@ -97,84 +92,6 @@ class BrokerAddress:
         )
 
 
-class _ChunkedSocket:
-    """A socket read in chunks, handed to paho a few bytes at a time.
-
-    paho reads a packet with three or more `recv` calls; serving them from one read saves those
-    system calls. `pending()` tells aiomqtt's read loop that bytes are waiting here although the
-    kernel socket may be drained. One chunk is read per event-loop turn: past it, `recv` says
-    "would block" while the kernel socket stays readable, so the loop runs its other work (batch
-    timers, acknowledgements) before the next chunk.
-    """
-
-    __slots__ = ("_buffer", "_loop", "_position", "_sock", "_turn_spent")
-
-    def __init__(self, sock: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._sock = sock
-        self._loop = loop
-        self._buffer = b""
-        self._position = 0
-        self._turn_spent = False
-
-    def recv(self, size: int) -> bytes:
-        buffer: bytes = self._buffer
-        position = self._position
-        if position >= len(buffer):
-            if self._turn_spent:
-                raise BlockingIOError
-            buffer = self._sock.recv(READ_CHUNK)  # BlockingIOError when empty, as paho expects
-            if not buffer:
-                return buffer
-            self._turn_spent = True
-            self._loop.call_soon_threadsafe(self._next_turn)
-            self._buffer = buffer
-            position = 0
-        end = position + size
-        self._position = min(end, len(buffer))
-        return buffer[position:end]
-
-    def _next_turn(self) -> None:
-        self._turn_spent = False
-
-    def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._buffer) - self._position + inner
-
-    def send(self, data: bytes | bytearray) -> int:
-        return int(self._sock.send(data))
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def fileno(self) -> int:
-        return int(self._sock.fileno())
-
-    def setblocking(self, flag: bool) -> None:
-        self._sock.setblocking(flag)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-class _IngestClient(aiomqtt.Client):
-    """aiomqtt's client, handing every message straight to `handle` from paho's read callback."""
-
-    def __init__(self, handle: Callable[[paho.MQTTMessage], None], *args: Any, **kwargs: Any) -> None:
-        self._handle = handle
-        super().__init__(*args, **kwargs)
-        # paho logs two lines per QoS 1 message at DEBUG; even filtered out, that costs a few per cent.
-        # Connection failures still surface as aiomqtt errors, which ingest logs.
-        self._client.disable_logger()
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._handle(message)
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if hasattr(client, "_sock") and client._sock is sock:
-            sock = client._sock = _ChunkedSocket(sock, self._loop)
-        super()._on_socket_open(client, userdata, sock)
-
-
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -192,6 +109,7 @@ class MqttIngest:
         *,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        keepalive_s: int = KEEPALIVE_S,
         blocking_sink: bool = True,
         now_ms: Callable[[], int] = _wall_ms,
     ) -> None:
@@ -202,11 +120,11 @@ class MqttIngest:
         self._max_future_ms = settings.max_future_skew_s * 1000
         self._now_ms = now_ms
         self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self._keepalive_s = keepalive_s
         self.batcher = IngestBatcher.from_settings(settings, bus, dead_letters, blocking_sink=blocking_sink)
         self._connected = asyncio.Event()
-        self._client: _IngestClient | None = None
+        self.receiver: MqttReceiver | None = None  # the current connection, once CONNACK came
         self._task: asyncio.Task[None] | None = None
-        self._outgoing: set[asyncio.Task[None]] = set()
         self.connections = 0  # successful connections so far
 
     @property
@@ -241,18 +159,15 @@ class MqttIngest:
         """Say goodbye (Sparkplug STATE offline), disconnect cleanly, publish what is batched."""
         if self._task is None:
             return
-        client = self._client
-        if client is not None and self._host is not None and self.connected:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.publish(
-                    self._host.state_topic(), self._host.offline_payload(), qos=1, retain=True, timeout=2
-                )
+        receiver = self.receiver
+        if receiver is not None and self._host is not None and self.connected:
+            goodbye = receiver.publish(self._host.state_topic(), self._host.offline_payload(), qos=1, retain=True)
+            with contextlib.suppress(MqttError, TimeoutError):
+                await asyncio.wait_for(goodbye, GOODBYE_TIMEOUT_S)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        for task in list(self._outgoing):
-            task.cancel()
         await self.batcher.stop()
 
     async def _run(self) -> None:
@@ -261,15 +176,18 @@ class MqttIngest:
             connections = self.connections
             try:
                 await self._session()
-            except aiomqtt.MqttError as err:
+            except (MqttError, OSError, TimeoutError) as err:
                 logger.warning(
-                    "MQTT connection to %s:%d lost or refused (%s)", self.address.host, self.address.port, err
+                    "MQTT connection to %s:%d lost or refused (%s)",
+                    self.address.host,
+                    self.address.port,
+                    str(err) or type(err).__name__,
                 )
             except Exception:  # anything else: log it, and keep trying as for a lost connection
                 logger.exception("MQTT ingest failed; reconnecting")
             finally:
                 self._connected.clear()
-                self._client = None
+                self.receiver = None
             if self.connections > connections:  # it was up: start the backoff over
                 delay = self._reconnect[0]
             await asyncio.sleep(delay * (0.75 + random.random() / 2))  # noqa: S311 - jitter, not crypto
@@ -278,92 +196,87 @@ class MqttIngest:
     async def _session(self) -> None:
         """One connection: subscribe, announce, then run until the broker goes away."""
         host = self._host
-        will = None
-        if host is not None:
-            will = aiomqtt.Will(host.state_topic(), host.offline_payload(), qos=1, retain=True)
         address = self.address
-        client = _IngestClient(
-            self._on_paho_message,
+        receiver, _session_present = await open_receiver(
             address.host,
             address.port,
+            self._on_messages,
+            client_id=self._client_id,
+            clean_session=False,
+            keepalive_s=self._keepalive_s,
             username=address.username,
             password=address.password,
-            identifier=self._client_id,
-            clean_session=False,
-            will=will,
-            keepalive=KEEPALIVE_S,
-            tls_context=ssl.create_default_context() if address.tls else None,
+            will=Will(host.state_topic(), host.offline_payload()) if host is not None else None,
+            tls=ssl.create_default_context() if address.tls else None,
         )
-        async with client:
-            self._client = client  # a persistent session's queue may arrive before the subscriptions
-            codes = await client.subscribe([(topic, 1) for topic in self.topics])
-            refused = [t for t, code in zip(self.topics, codes, strict=False) if _code(code) >= 0x80]
+        try:
+            self.receiver = receiver  # a persistent session's queue may arrive before the subscriptions
+            codes = await receiver.subscribe([(topic, 1) for topic in self.topics])
+            refused = [t for t, code in zip(self.topics, codes, strict=False) if code >= 0x80]
             if refused:
                 logger.error("the MQTT broker refused subscriptions to %s", ", ".join(refused))
             if host is not None:
-                await client.publish(host.state_topic(), host.online_payload(), qos=1, retain=True)
+                await receiver.publish(host.state_topic(), host.online_payload(), qos=1, retain=True)
             self.connections += 1
             self._connected.set()
             logger.info("MQTT ingest connected to %s:%d as %s", address.host, address.port, self._client_id)
-            # Messages go to `_on_paho_message` directly, so this only waits for the disconnection.
-            async for message in client.messages:
-                self._handle(message.topic.value, message.payload)
+            await receiver.wait_closed()
+        finally:
+            receiver.disconnect()
 
     # --- the per-message path ------------------------------------------------------------------
 
-    def _on_paho_message(self, message: paho.MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = repr(message._topic)  # MQTT requires UTF-8; file it under what was received
-        self._handle(topic, message.payload)
+    def _on_messages(self, messages: list[Message]) -> None:
+        """Decode one read's messages into the batcher; never raises (their PUBACKs follow)."""
+        now_ms = self._now_ms()
+        directory = self._directory
+        max_future_ms = self._max_future_ms
+        add = self.batcher.add
+        for topic, payload in messages:
+            try:
+                if topic.startswith(SPARKPLUG_PREFIX):
+                    self._on_sparkplug(topic, payload)
+                    continue
+                outcome = decode_message(topic, payload, directory, now_ms=now_ms, max_future_ms=max_future_ms)
+                add(outcome, source="mqtt", topic=topic, raw=payload)
+            except Exception as err:  # noqa: BLE001 - logged with its traceback in _failed
+                self._failed(err, "mqtt", topic, payload)
 
-    def _handle(self, topic: str, payload: object) -> None:
-        """Decode one message into the batcher; never raises (paho would drop the connection)."""
-        if type(payload) is not bytes:  # paho gives bytes; anything else is made bytes, never trusted
-            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else b""
-        source = "mqtt"
+    def _on_sparkplug(self, topic: str, payload: bytes) -> None:
         try:
-            if topic.startswith(SPARKPLUG_PREFIX):
-                source = "sparkplug"
-                if self._host is None:
-                    outcome = rejection("no Sparkplug host application runs here")
-                else:
-                    outcome = self._host.on_message(topic, payload)
-                    if outcome.publish:
-                        self._send(outcome)
+            if self._host is None:
+                outcome = rejection("no Sparkplug host application runs here")
             else:
-                outcome = decode_message(
-                    topic, payload, self._directory, now_ms=self._now_ms(), max_future_ms=self._max_future_ms
-                )
-            self.batcher.add(outcome, source=source, topic=topic, raw=payload)
-        except Exception as err:
-            logger.exception("ingest failed on a message on %r", topic)
-            with contextlib.suppress(Exception):
-                failed = rejection(f"ingest failed on this message: {type(err).__name__}: {err}")
-                self.batcher.add(failed, source=source, topic=topic, raw=payload)
+                outcome = self._host.on_message(topic, payload)
+                if outcome.publish:
+                    self._send(outcome)
+            self.batcher.add(outcome, source="sparkplug", topic=topic, raw=payload)
+        except Exception as err:  # noqa: BLE001 - logged with its traceback in _failed
+            self._failed(err, "sparkplug", topic, payload)
+
+    def _failed(self, err: Exception, source: str, topic: str, payload: bytes) -> None:
+        """File a message the code failed on as a dead letter, so one bad message stops nothing."""
+        logger.exception("ingest failed on a message on %r", topic)
+        with contextlib.suppress(Exception):
+            failed = rejection(f"ingest failed on this message: {type(err).__name__}: {err}")
+            self.batcher.add(failed, source=source, topic=topic, raw=payload)
 
     def _send(self, outcome: IngestOutcome) -> None:
-        client = self._client
-        if client is None:
+        receiver = self.receiver
+        if receiver is None or not receiver.connected:
             logger.warning("not connected: %d Sparkplug messages not sent", len(outcome.publish))
             return
         for topic, payload, qos, retain in outcome.publish:
-            task = asyncio.get_running_loop().create_task(self._publish(client, topic, payload, qos, retain))
-            self._outgoing.add(task)
-            task.add_done_callback(self._outgoing.discard)
+            sent = receiver.publish(topic, payload, qos=qos, retain=retain)
+            sent.add_done_callback(_log_unsent(topic))
 
-    @staticmethod
-    async def _publish(client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        try:
-            await client.publish(topic, payload, qos=qos, retain=retain)
-        except aiomqtt.MqttError as err:
+
+def _log_unsent(topic: str) -> Callable[[asyncio.Future[None]], None]:
+    def done(sent: asyncio.Future[None]) -> None:
+        if not sent.cancelled() and (err := sent.exception()) is not None:
             logger.warning("could not publish to %s: %s", topic, err)
 
-
-def _code(code: object) -> int:
-    value = getattr(code, "value", code)
-    return value if isinstance(value, int) else 0
+    return done
 
 
 BROKER_SERVICE = "devices.embedded_broker"
