@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,14 @@ def require_dataset(path: Path) -> Path:
     if in_ci():
         pytest.fail(message + " (CI=true: the data sets are required)")
     pytest.skip(message)
+
+
+def require_raw_sockets() -> None:
+    """Skip locally, fail under CI=true, when AF_PACKET raw sockets (live capture) are not allowed."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close()
+    except (OSError, AttributeError):
+        message = f"raw AF_PACKET sockets not allowed here (uid {os.getuid()})"
+        if in_ci():
+            pytest.fail(message + " (CI runs as root)")
+        pytest.skip(message)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iip.kernel.db import Database
+from iip.security.bulletins import BulletinService
 from iip.security.records import NewAlert, Severity, Sighting
 from iip.security.service import SecurityService, risk_breakdown, severity_of
 from tests.conftest import TenantFixture
@@ -75,7 +76,7 @@ def test_awareness_counts_per_tenant(migrated_db: Database, tenant_a: TenantFixt
                 Sighting("198.51.100.3", NOW - dt.timedelta(days=9), "s7comm", "connected"),
             ],
         )
-        SecurityService(session, operator(tenant_a), clock=lambda: NOW - dt.timedelta(days=2)).publish_bulletin(
+        BulletinService(session, operator(tenant_a), clock=lambda: NOW - dt.timedelta(days=2)).publish_bulletin(
             kind="warning",
             title="Do it",
             severity="high",

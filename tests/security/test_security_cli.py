@@ -15,7 +15,7 @@ from iip.kernel.db import Database
 from iip.migrations.runner import upgrade
 from tests.cli.conftest import InProcessIip, one_line
 from tests.conftest import BACKENDS, database_url
-from tests.security.conftest import CSAF, require_dataset
+from tests.security.conftest import CSAF, require_dataset, require_raw_sockets
 from tests.security.support import ATTACK, TRAINING, capture_path
 
 
@@ -159,3 +159,16 @@ def test_honeypot_refuses_a_port_in_use(iip: InProcessIip, tenant: str) -> None:
         )  # fmt: skip
     assert result.exit_code == 1
     assert "cannot listen" in one_line(result.stderr)
+
+
+def test_monitor_watches_an_interface_for_a_while(iip: InProcessIip, tenant: str) -> None:
+    require_raw_sockets()
+    result = iip("security", "monitor", "lo", "--tenant", tenant, "--site", "cell-1", "--seconds", "0.5")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "monitoring lo for site 'cell-1' (no active baseline: inventory only), for 0.5 s"
+    assert "packets" in lines[1]
+    assert "new alerts" in lines[2]
+    refused = iip("security", "monitor", "no-such-if0", "--tenant", tenant, "--seconds", "0.5")
+    assert refused.exit_code == 1
+    assert "cannot capture on no-such-if0" in one_line(refused.stderr)

@@ -193,3 +193,52 @@ def test_matches_and_bulletins_from_publishing_to_remediation(client: TestClient
     assert 'data-value="done"' in section(answered, "remediation")
     assert re.search(r"\d{4}-\d\d-\d\d", text_of(section(answered, "acknowledged")))
     assert f'data-bulletin="{bulletin_id}" data-unread' not in assert_html(client.get("/security/inbox"), 200)
+
+
+def test_publish_to_chosen_tenants_and_set_where_bulletins_go(client: TestClient, runtime: Runtime) -> None:
+    tenant, token = people(client, runtime)
+    bystander = tenant_with_users(runtime, [Role.ENGINEER])
+    # The tenant says where its bulletins go; the secret is taken but never shown again.
+    page = assert_html(client.get("/security/contact"), 200)
+    assert 'id="contact-form"' in page
+    contact = {"csrf_token": token, "webhook_url": "https://hooks.example.com/iip", "webhook_secret": "s3cret",
+               "emails": "ot@example.com, soc@example.com"}  # fmt: skip
+    saved = client.post("/security/contact", data=contact)
+    assert "Bulletin delivery saved." in assert_html(saved, 200)
+    assert "s3cret" not in saved.text
+    stored = client.get("/api/security/contact", headers=tenant.headers()).json()
+    assert (stored["webhook_url"], stored["has_secret"]) == ("https://hooks.example.com/iip", True)
+    assert stored["emails"] == ["ot@example.com", "soc@example.com"]
+    kept = client.post("/security/contact", data={**contact, "webhook_secret": "", "emails": "ot@example.com"})
+    assert_html(kept, 200)
+    assert client.get("/api/security/contact", headers=tenant.headers()).json()["has_secret"]
+    refused = client.post("/security/contact", data={**contact, "webhook_url": "ftp://x"})
+    assert "Not done" in assert_html(refused, 422)
+    sign_in_as(client, tenant, Role.VIEWER, "en")
+    read_only = assert_html(client.get("/security/contact"), 200)
+    assert 'id="contact-form"' not in read_only
+    assert 'data-secret="set"' in read_only
+
+    # The operator chooses the tenants: no advisory, no match, the one ticked and no other.
+    operator = tenant_with_users(runtime, [Role.PLATFORM_OPERATOR])
+    operator_token = sign_in_as(client, operator, Role.PLATFORM_OPERATOR, "en")
+    form = assert_html(client.get("/security/inbox"), 200)
+    assert f'name="tenant_ids" value="{tenant.id}"' in section(form, "recipients")
+    assert f'name="tenant_ids" value="{bystander.id}"' in section(form, "recipients")
+    publish = client.post(
+        "/security/bulletins",
+        data={"csrf_token": operator_token, "title": "Segment the cell network", "kind": "warning",
+              "severity": "medium", "body_en": "Now.", "targeting": "chosen", "tenant_ids": [tenant.id]},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert publish.status_code == 303, publish.text[:500]
+    (bulletin_id,) = rows_of(assert_html(client.get("/security/inbox"), 200), "published-table", "data-bulletin")
+    recipients = assert_html(client.get(f"/security/bulletins/{bulletin_id}"), 200)
+    assert rows_of(recipients, "recipients-table", "data-tenant") == [tenant.id]
+    # "Affected tenants" with nothing matched is refused with the reason.
+    matched = client.post(
+        "/security/bulletins",
+        data={"csrf_token": operator_token, "title": "t", "severity": "low", "body_en": "b", "targeting": "matched",
+              "tenant_ids": [tenant.id], "cves": "CVE-2031-0001"},
+    )  # fmt: skip
+    assert "no tenant is affected" in assert_html(matched, 422)

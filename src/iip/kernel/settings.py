@@ -193,6 +193,52 @@ class AlarmsSettings(BaseModel):
     notifications: AlarmNotificationSettings = Field(default_factory=AlarmNotificationSettings)
 
 
+class SecuritySettings(BaseModel):
+    """The security context's platform services: live monitoring, the decoy PLC, bulletin delivery."""
+
+    monitor_interface: str = Field(
+        default="",
+        description="Network interface whose ICS traffic is monitored live (AF_PACKET: root or CAP_NET_RAW); "
+        "empty: no live monitoring.",
+    )
+    monitor_tenant: str = Field(default="", description="Tenant (name or id) the monitored network belongs to.")
+    monitor_site: str = Field(
+        default="", description="Site within the tenant whose active baseline live traffic is checked against."
+    )
+    monitor_flush_s: float = Field(
+        default=1.0, gt=0, le=300, description="Seconds between writes of the hosts and alerts seen live."
+    )
+    decoy_enabled: bool = Field(default=False, description="Run the decoy PLC (honeypot) in this process.")
+    decoy_tenant: str = Field(
+        default="", description="Tenant (name or id) whose indicators the decoy's visitors become."
+    )
+    decoy_seed: str = Field(default="", description="Makes the decoy's identity and values its own.")
+    decoy_host: str = Field(default="0.0.0.0", description="Address the decoy listens on.")  # noqa: S104 - a decoy is meant to be reached
+    decoy_modbus_port: int = Field(default=502, ge=0, le=65535, description="The decoy's Modbus/TCP port; 0: none.")
+    decoy_s7_port: int = Field(default=102, ge=0, le=65535, description="The decoy's S7comm port; 0: none.")
+    decoy_flush_s: float = Field(default=5.0, gt=0, le=300, description="Seconds between writes of sightings.")
+    delivery_max_attempts: int = Field(
+        default=6, ge=1, le=50, description="Tries of one bulletin webhook or e-mail before it is given up."
+    )
+    delivery_retry_base_s: float = Field(
+        default=10.0, gt=0, description="Wait before a failed bulletin delivery is tried again; doubles each time."
+    )
+    delivery_retry_max_s: float = Field(default=900.0, gt=0, description="Longest wait between two tries, seconds.")
+    delivery_check_s: float = Field(
+        default=15.0, gt=0, le=3600, description="How often bulletin deliveries due for a retry are looked for."
+    )
+
+    @model_validator(mode="after")
+    def _services_named(self) -> SecuritySettings:
+        if self.monitor_interface.strip() and not self.monitor_tenant.strip():
+            raise ValueError("monitor_interface needs monitor_tenant")
+        if self.decoy_enabled and not (self.decoy_tenant.strip() and self.decoy_seed.strip()):
+            raise ValueError("decoy_enabled needs decoy_tenant and decoy_seed")
+        if self.decoy_enabled and not (self.decoy_modbus_port or self.decoy_s7_port):
+            raise ValueError("decoy_enabled needs decoy_modbus_port or decoy_s7_port")
+        return self
+
+
 class Settings(BaseSettings):
     """All configuration of one IIP process. Environment prefix `IIP_`, nested sections use `__`."""
 
@@ -223,6 +269,7 @@ class Settings(BaseSettings):
     devices: DevicesSettings = Field(default_factory=DevicesSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     alarms: AlarmsSettings = Field(default_factory=AlarmsSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @field_validator("bus")
     @classmethod

@@ -3,6 +3,8 @@ time it spans, and the hosts it shows (`inventory.InventoryBuilder`: roles, unit
 
 One pass over `capture.CaptureReader`; whoever else needs the packets (a baseline learner, a
 detector) observes them in the same pass, so a capture is read once and never held in memory.
+`PacketPass` is that per-packet path; live monitoring (`monitor.py`) feeds an interface's packets
+through it too, taking the hosts seen every so often instead of once at the end.
 """
 
 from __future__ import annotations
@@ -34,21 +36,39 @@ class CaptureSummary:
     error: str = ""  # why the file could not be read to its end; "" when it could
 
 
+class PacketPass:
+    """What every packet goes through: the counts and time span of `summary`, the hosts it shows, and
+    each observer."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self.summary = CaptureSummary()
+        self.observers = list(observers)
+        self._inventory = InventoryBuilder()
+
+    def observe(self, packet: PacketInfo, messages: list[IcsMessage]) -> None:
+        self.summary.packets += 1
+        _span(self.summary, packet.time)
+        self._inventory.observe(packet, messages)
+        for observe in self.observers:
+            observe(packet, messages)
+        count(self.summary, messages)
+
+    def take_hosts(self) -> list[ObservedAsset]:
+        """The hosts seen since the last take, in the stored shape; the next take starts afresh."""
+        hosts = [asset.to_record() for asset in self._inventory.assets()]
+        self._inventory = InventoryBuilder()
+        return hosts
+
+
 def summarize(
     decoded: Iterable[tuple[PacketInfo, list[IcsMessage]]], observers: Sequence[Observer] = ()
 ) -> CaptureSummary:
     """One pass over decoded packets: counts, time span and hosts; each observer sees every packet too."""
-    summary = CaptureSummary()
-    inventory = InventoryBuilder()
+    packets = PacketPass(observers)
     for packet, messages in decoded:
-        summary.packets += 1
-        _span(summary, packet.time)
-        inventory.observe(packet, messages)
-        for observe in observers:
-            observe(packet, messages)
-        count(summary, messages)
-    summary.assets = [asset.to_record() for asset in inventory.assets()]
-    return summary
+        packets.observe(packet, messages)
+    packets.summary.assets = packets.take_hosts()
+    return packets.summary
 
 
 def count(summary: CaptureSummary, messages: Iterable[IcsMessage]) -> None:

@@ -1,10 +1,12 @@
-"""`iip security pcap|assets|baseline|advisories|honeypot|bulletins`.
+"""`iip security pcap|assets|baseline|advisories|honeypot|monitor|bulletins`.
 
 `pcap` reads a capture file and needs no database. The others act for the tenant named, as an
 administrator of it; importing advisories and publishing bulletins act as the platform operator.
-`honeypot` runs the decoy PLC in the foreground until interrupted. Alerts a `baseline check`
-stores reach the alarms context when the running platform next publishes (the CLI has no bus):
-they are listed at once in the console and the API.
+`honeypot` runs the decoy PLC and `monitor` watches an interface live, in the foreground until
+interrupted. Alerts a `baseline check` stores reach the alarms context only through the API (the
+CLI has no bus): they are listed at once in the console and the API. `monitor` publishes its new
+alerts on the bus the settings name when that is NATS (`IIP_BUS`); the in-process bus of a CLI run
+reaches no one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from sqlalchemy.orm import Session
 from iip.cli.context import cli_principal, fail, out_console, state, unit_of_work
 
 if TYPE_CHECKING:
+    from iip.kernel.auth import Principal
+    from iip.security.bulletins import BulletinService
     from iip.security.service import SecurityService
 
 security_app = typer.Typer(
@@ -46,17 +50,26 @@ InboxOf = Annotated[
 ]
 
 
-def _service(ctx: typer.Context, session: Session, tenant: str | None, *, platform: bool = False) -> SecurityService:
+def _actor(session: Session, tenant: str | None, *, platform: bool) -> Principal:
     from iip.kernel.auth import AccessService, Principal, Role
-    from iip.security.service import SecurityService
 
     who = cli_principal().removeprefix("cli:")
     if platform:
-        actor = Principal("cli", who, who, "", Role.PLATFORM_OPERATOR)
-    else:
-        found = AccessService(session).tenant_by_name(tenant or "")
-        actor = Principal("cli", who, who, found.id, Role.ADMIN)
-    return SecurityService(session, actor, settings=state(ctx).settings)
+        return Principal("cli", who, who, "", Role.PLATFORM_OPERATOR)
+    found = AccessService(session).tenant_by_name(tenant or "")
+    return Principal("cli", who, who, found.id, Role.ADMIN)
+
+
+def _service(ctx: typer.Context, session: Session, tenant: str | None, *, platform: bool = False) -> SecurityService:
+    from iip.security.service import SecurityService
+
+    return SecurityService(session, _actor(session, tenant, platform=platform), settings=state(ctx).settings)
+
+
+def _bulletins(ctx: typer.Context, session: Session, tenant: str | None, *, platform: bool = False) -> BulletinService:
+    from iip.security.bulletins import BulletinService
+
+    return BulletinService(session, _actor(session, tenant, platform=platform), settings=state(ctx).settings)
 
 
 def _read(path: Path, limit: int) -> bytes:
@@ -261,7 +274,7 @@ def bulletins_list(ctx: typer.Context, tenant: InboxOf = None, as_json: AsJson =
     with unit_of_work(ctx) as session:
         items: list[dict[str, Any]]
         if tenant is None:
-            service = _service(ctx, session, None, platform=True)
+            service = _bulletins(ctx, session, None, platform=True)
             items = [
                 {
                     "id": b.id, "title": b.title, "severity": b.severity, "published_at": b.published_at.isoformat(),
@@ -280,7 +293,7 @@ def bulletins_list(ctx: typer.Context, tenant: InboxOf = None, as_json: AsJson =
                     "acknowledged": v.recipient.acknowledged_at is not None,
                     "remediation": v.recipient.remediation, "overdue": v.overdue,
                 }
-                for v in _service(ctx, session, tenant).inbox()
+                for v in _bulletins(ctx, session, tenant).inbox()
             ]  # fmt: skip
     if as_json:
         _print_json(items)
@@ -318,7 +331,7 @@ def bulletins_publish(
         if due.tzinfo is None:
             raise fail("--deadline: give the time with a zone, e.g. 2026-02-01T00:00:00+08:00")
     with unit_of_work(ctx, "security.bulletins.publish") as session:
-        service = _service(ctx, session, None, platform=True)
+        service = _bulletins(ctx, session, None, platform=True)
         tenant_ids = [AccessService(session).tenant_by_name(t).id for t in tenants] if tenants else None
         bulletin = service.publish_bulletin(
             kind=kind, title=title, severity=severity, body_zh=body_zh, body_en=body_en, advisory_ref=advisory,
@@ -330,7 +343,7 @@ def bulletins_publish(
 
         from iip.kernel.bus import MemoryBus
         from iip.kernel.runtime import Runtime
-        from iip.security.bulletins import deliver
+        from iip.security.delivery import deliver
 
         st = state(ctx)
         outcomes = asyncio.run(deliver(Runtime(settings=st.settings, db=st.db, bus=MemoryBus()), pending))
@@ -437,3 +450,69 @@ def honeypot_command(
         raise fail(f"cannot listen: {err.strerror or err}") from None
     if recorded >= 0:
         typer.echo(f"recorded {recorded} sightings")
+
+
+# --- live monitoring
+
+
+@security_app.command("monitor")
+def monitor_command(
+    ctx: typer.Context,
+    interface: Annotated[str, typer.Argument(help="The network interface, e.g. eth1 (needs root or CAP_NET_RAW).")],
+    tenant: Tenant,
+    site: Site = "",
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", min=0.1, help="Stop after this long; default: until Ctrl-C.")
+    ] = None,
+    flush: Annotated[float, typer.Option("--flush", min=0.1, help="Seconds between writes of hosts and alerts.")] = 1.0,
+) -> None:
+    """Watch an interface live: hosts into the inventory, alerts against the site's active baseline."""
+    import asyncio
+
+    from iip.kernel.auth import AccessService
+    from iip.kernel.bus import create_bus
+    from iip.security.monitor import LiveMonitor
+    from iip.security.publishing import publish_alert_events
+
+    st = state(ctx)
+    with unit_of_work(ctx) as session:
+        tenant_id = AccessService(session).tenant_by_name(tenant).id
+
+    def started(monitor: LiveMonitor) -> None:
+        version = monitor.state.baseline_version
+        against = f"baseline version {version}" if version else "no active baseline: inventory only"
+        until = f"for {seconds:g} s" if seconds else "until Ctrl-C"
+        typer.echo(f"monitoring {interface} for site '{site}' ({against}), {until}")
+
+    async def main() -> LiveMonitor:
+        bus = create_bus(st.settings.bus) if st.settings.bus != "memory" else None
+        if bus is not None:
+            await bus.start()
+
+        async def publish(events: Any) -> None:
+            if bus is not None:
+                await publish_alert_events(bus, events)
+
+        monitor = LiveMonitor(st.db, tenant_id, site, publish=publish, flush_s=flush)
+        stop = asyncio.Event()
+        if seconds:
+            asyncio.get_running_loop().call_later(seconds, stop.set)
+        try:
+            await monitor.run(interface, stop, started=started)
+        finally:
+            if bus is not None:
+                await bus.close()
+        return monitor
+
+    try:
+        monitor = asyncio.run(main())
+    except KeyboardInterrupt:
+        return
+    except OSError as err:
+        raise fail(f"cannot capture on {interface}: {err.strerror or err}") from None
+    summary, done = monitor.summary, monitor.state
+    messages = ", ".join(f"{p} {n}" for p, n in sorted(summary.messages.items())) or "no ICS messages"
+    typer.echo(f"{summary.packets} packets ({messages}), {sum(summary.malformed.values())} malformed")
+    typer.echo(f"{done.hosts_written} host updates, {done.new_alerts} new alerts ({done.findings_written} findings)")
+    if done.error:
+        raise fail(f"stopped early: {done.error}")

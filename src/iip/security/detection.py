@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -307,7 +307,10 @@ class _Distinct:
 
 
 class Detector:
-    """Checks `(PacketInfo, [IcsMessage])` items against a baseline; `finish()` returns the alerts."""
+    """Checks `(PacketInfo, [IcsMessage])` items against a baseline; `finish()` returns the alerts.
+
+    A detector that never finishes (live traffic) hands over what it found so far with `take()`.
+    """
 
     def __init__(
         self,
@@ -331,6 +334,8 @@ class Detector:
         self._rates: dict[Any, WindowCounter] = {}
         self._pending: dict[int, Connection] = {}
         self._last_sweep: dt.datetime | None = None
+        self._latest: dt.datetime | None = None  # the newest packet time checked
+        self._taken: dict[int, tuple[int, int, int]] = {}  # id(alert) -> count, frames, raw handed over
         self._index_baseline()
 
     def _index_baseline(self) -> None:
@@ -349,6 +354,8 @@ class Detector:
     # -- public ------------------------------------------------------------------------------
 
     def check(self, packet: PacketInfo, messages: Iterable[IcsMessage] = ()) -> None:
+        if self._latest is None or packet.time > self._latest:
+            self._latest = packet.time
         connection, _ = self._tracker.track(packet)
         for end in (packet.source, packet.destination):
             seen_doing = self.known_attackers.get(end.host)
@@ -372,6 +379,33 @@ class Detector:
 
     def alerts(self) -> list[Alert]:
         return sorted(self._alerts, key=lambda a: (a.first_time, a.kind.value))
+
+    def take(self) -> list[Alert]:
+        """What was found since the last `take`: each alert with only its new findings (their count,
+        frames and raw evidence), oldest first. Alerts whose window has closed are forgotten once
+        handed over, so a detector checking live traffic keeps only the open ones."""
+        found: list[Alert] = []
+        for alert in self.alerts():
+            count, frames, raw = self._taken.get(id(alert), (0, 0, 0))
+            if alert.count > count:
+                details = {name: set(values) for name, values in alert.details.items()}
+                found.append(
+                    replace(
+                        alert, count=alert.count - count, frames=alert.frames[frames:], raw=alert.raw[raw:],
+                        details=details,
+                    )
+                )  # fmt: skip
+            self._taken[id(alert)] = (alert.count, len(alert.frames), len(alert.raw))
+        self._forget_closed()
+        return found
+
+    def _forget_closed(self) -> None:
+        if self._latest is not None:
+            horizon = self._latest - self._alert_window
+            self._open = {key: alert for key, alert in self._open.items() if alert.first_time > horizon}
+        still_open = {id(alert) for alert in self._open.values()}
+        self._alerts = [alert for alert in self._alerts if id(alert) in still_open]
+        self._taken = {key: taken for key, taken in self._taken.items() if key in still_open}
 
     # -- flows -------------------------------------------------------------------------------
 

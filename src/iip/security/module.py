@@ -1,4 +1,5 @@
-"""The security context's `Module`: its API, console pages and message catalogues."""
+"""The security context's `Module`: its API, console pages, message catalogues and platform services
+(bulletin delivery retries, live monitoring, the decoy: `lifespans.py`)."""
 
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from iip.security import (
     manifest,
     models,  # noqa: F401 - registers the context's tables
 )
+from iip.security.lifespans import security_lifespan
 from iip.security.pages import PAGES, pages_router
 from iip.security.router import router
 
@@ -21,6 +23,7 @@ module = Module(
     pages_router=pages_router,
     pages=PAGES,
     cli=manifest.cli,
+    lifespan=security_lifespan,
     permissions=("security.read", "security.write"),
     template_dir=TEMPLATE_DIR,
 )

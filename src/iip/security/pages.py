@@ -3,7 +3,8 @@
 and their matches, bulletins (the operator publishing, each tenant's inbox with acknowledgement and
 remediation) and incidents.
 
-Thin like the API router: read the query or the form, call `SecurityService` (or `ingest`), render.
+Thin like the API router: read the query or the form, call the use cases (`Services`: security,
+bulletins, incidents) or `ingest`, render.
 The service scopes every read to the principal's tenant, so another tenant's object is a 404 page.
 A refused action shows the page again with the reason.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
@@ -31,9 +33,12 @@ from iip.console.web import (
     redirect,
     render,
 )
+from iip.kernel.auth import AccessService
 from iip.kernel.errors import Conflict, DomainError, Forbidden, NotFound
 from iip.kernel.module import Page
 from iip.security import ingest
+from iip.security.bulletins import BulletinService
+from iip.security.incidents import IncidentService
 from iip.security.records import Severity
 from iip.security.router import publish_events, send_deliveries
 from iip.security.service import AlertFilter, AssetFilter, SecurityService, severity_of
@@ -46,6 +51,7 @@ BASE = "/security"
 OVERVIEW, ASSETS, ALERTS, CAPTURES = BASE, BASE + "/assets", BASE + "/alerts", BASE + "/captures"
 BASELINES, HONEYPOT, ADVISORIES = BASE + "/baselines", BASE + "/honeypot", BASE + "/advisories"
 BULLETINS, INBOX, INCIDENTS = BASE + "/bulletins", BASE + "/inbox", BASE + "/incidents"
+CONTACT = BASE + "/contact"
 
 PAGES = (
     Page(OVERVIEW, N_("Security overview"), "security.read", "shield"),
@@ -95,8 +101,26 @@ BREAKDOWN_LABELS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The use cases one console request may call, sharing its session and principal."""
+
+    security: SecurityService
+    bulletins: BulletinService
+    incidents: IncidentService
+
+
+def _services(request: Request, session: Session, identity: ConsoleIdentity) -> Services:
+    settings = get_runtime(request).settings
+    return Services(
+        SecurityService(session, identity.principal, settings=settings),
+        BulletinService(session, identity.principal, settings=settings),
+        IncidentService(session, identity.principal, settings=settings),
+    )
+
+
 def _service(request: Request, session: Session, identity: ConsoleIdentity) -> SecurityService:
-    return SecurityService(session, identity.principal, settings=get_runtime(request).settings)
+    return _services(request, session, identity).security
 
 
 def when(value: dt.datetime | None) -> str:
@@ -147,25 +171,25 @@ def act(
     request: Request,
     session: Session,
     identity: ConsoleIdentity,
-    action: Callable[[SecurityService], object],
+    action: Callable[[Services], object],
     *,
     back: str,
     notice: str,
     background: BackgroundTasks | None = None,
 ) -> Response:
     """Do one change; back to `back` with a notice, or the reason it was refused."""
-    service = _service(request, session, identity)
+    services = _services(request, session, identity)
     try:
-        action(service)
+        action(services)
     except DomainError as err:
         session.rollback()
         return refused(request, identity, err, back)
     if background is not None:
         runtime = get_runtime(request)
-        if service.events:
-            background.add_task(publish_events, runtime, list(service.events))
-        if service.deliveries:
-            background.add_task(send_deliveries, runtime, list(service.deliveries))
+        if services.security.events:
+            background.add_task(publish_events, runtime, list(services.security.events))
+        if services.bulletins.deliveries:
+            background.add_task(send_deliveries, runtime, list(services.bulletins.deliveries))
     return redirect(back, notice=notice)
 
 
@@ -212,7 +236,7 @@ async def import_assets_form(
         request,
         session,
         identity,
-        lambda s: s.import_assets_csv(content[:MAX_CSV_BYTES], site=site.strip()[:100]),
+        lambda s: s.security.import_assets_csv(content[:MAX_CSV_BYTES], site=site.strip()[:100]),
         back=ASSETS,
         notice=N_("Assets imported."),
     )
@@ -248,7 +272,7 @@ def acknowledge_alert_form(request: Request, alert_id: str, identity: Writer, se
         request,
         session,
         identity,
-        lambda s: s.acknowledge_alert(alert_id),
+        lambda s: s.security.acknowledge_alert(alert_id),
         back=ALERTS,
         notice=N_("Alert acknowledged."),
     )
@@ -257,12 +281,14 @@ def acknowledge_alert_form(request: Request, alert_id: str, identity: Writer, se
 @pages_router.post(ALERTS + "/{alert_id}/close", dependencies=CSRF)
 def close_alert_form(request: Request, alert_id: str, identity: Writer, session: DbSession) -> Response:
     audit_object(request, "security_alert", alert_id[:32])
-    return act(request, session, identity, lambda s: s.close_alert(alert_id), back=ALERTS, notice=N_("Alert closed."))
+    return act(
+        request, session, identity, lambda s: s.security.close_alert(alert_id), back=ALERTS, notice=N_("Alert closed.")
+    )
 
 
 @pages_router.post(ALERTS + "/{alert_id}/incident", dependencies=CSRF)
 def incident_from_alert_form(request: Request, alert_id: str, identity: Writer, session: DbSession) -> Response:
-    service = _service(request, session, identity)
+    service = _services(request, session, identity).incidents
     try:
         incident = service.open_incident("", alert_ids=[alert_id[:32]])
     except DomainError as err:
@@ -299,7 +325,7 @@ async def _upload_form(
         request,
         session,
         identity,
-        lambda s: ingest.upload(s, content, name, site=site.strip()[:100], learn=learn, check=check),
+        lambda s: ingest.upload(s.security, content, name, site=site.strip()[:100], learn=learn, check=check),
         back=back,
         notice=notice,
         background=background,
@@ -347,7 +373,7 @@ def activate_baseline_form(request: Request, baseline_id: str, identity: Writer,
         request,
         session,
         identity,
-        lambda s: s.activate_baseline(baseline_id),
+        lambda s: s.security.activate_baseline(baseline_id),
         back=BASELINES,
         notice=N_("Baseline activated."),
     )
@@ -396,7 +422,7 @@ def resolve_match_form(
         request,
         session,
         identity,
-        lambda s: s.resolve_match(match_id, resolution.strip()),
+        lambda s: s.security.resolve_match(match_id, resolution.strip()),
         back=ADVISORIES,
         notice=N_("Match updated."),
     )
@@ -407,8 +433,10 @@ def resolve_match_form(
 
 @pages_router.get(INBOX, response_class=HTMLResponse)
 def inbox_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
-    service = _service(request, session, identity)
-    published = service.list_bulletins() if identity.principal.is_platform else []
+    service = _services(request, session, identity).bulletins
+    platform = identity.principal.is_platform
+    published = service.list_bulletins() if platform else []
+    tenants = AccessService(session).list_tenants(identity.principal) if platform else []
     overdue = {
         b.id: sum(service.overdue(r, b) for r in recipients) for b, recipients in published
     }  # per bulletin, for the operator
@@ -420,6 +448,7 @@ def inbox_page(request: Request, identity: Reader, session: DbSession) -> HTMLRe
             "items": service.inbox() if identity.principal.tenant_id else [],
             "published": published,
             "overdue": overdue,
+            "tenants": tenants,
             **shared(identity),
         },
     )
@@ -427,7 +456,7 @@ def inbox_page(request: Request, identity: Reader, session: DbSession) -> HTMLRe
 
 @pages_router.get(INBOX + "/{bulletin_id}", response_class=HTMLResponse)
 def bulletin_page(request: Request, bulletin_id: str, identity: Reader, session: DbSession) -> HTMLResponse:
-    view = _service(request, session, identity).inbox_item(bulletin_id)
+    view = _services(request, session, identity).bulletins.inbox_item(bulletin_id)
     return render(
         request,
         "security/bulletin.html",
@@ -441,7 +470,7 @@ def acknowledge_bulletin_form(request: Request, bulletin_id: str, identity: Writ
         request,
         session,
         identity,
-        lambda s: s.acknowledge_bulletin(bulletin_id),
+        lambda s: s.bulletins.acknowledge_bulletin(bulletin_id),
         back=f"{INBOX}/{bulletin_id[:32]}",
         notice=N_("Bulletin acknowledged."),
     )
@@ -455,7 +484,7 @@ def remediation_form(
         request,
         session,
         identity,
-        lambda s: s.set_remediation(bulletin_id, status, note[:1000]),
+        lambda s: s.bulletins.set_remediation(bulletin_id, status, note[:1000]),
         back=f"{INBOX}/{bulletin_id[:32]}",
         notice=N_("Remediation status saved."),
     )
@@ -463,7 +492,7 @@ def remediation_form(
 
 @pages_router.get(BULLETINS + "/{bulletin_id}", response_class=HTMLResponse)
 def published_bulletin_page(request: Request, bulletin_id: str, identity: Reader, session: DbSession) -> HTMLResponse:
-    bulletin, recipients = _service(request, session, identity).get_bulletin(bulletin_id)
+    bulletin, recipients = _services(request, session, identity).bulletins.get_bulletin(bulletin_id)
     return render(
         request,
         "security/published.html",
@@ -485,13 +514,17 @@ def publish_bulletin_form(
     advisory: FormText = "",
     cves: FormText = "",
     deadline: FormText = "",
+    targeting: FormText = "matched",
+    tenant_ids: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
     due = _deadline(deadline)
+    # "matched": the tenants with assets matched to the advisory or CVEs; "chosen": those ticked.
+    chosen = [t.strip()[:32] for t in tenant_ids or [] if t.strip()][:1000] if targeting == "chosen" else None
     return act(
         request,
         session,
         identity,
-        lambda s: s.publish_bulletin(
+        lambda s: s.bulletins.publish_bulletin(
             kind=kind,
             title=title[:300],
             severity=severity,
@@ -500,10 +533,47 @@ def publish_bulletin_form(
             advisory_ref=advisory.strip()[:200] or None,
             cves=[c for c in cves.replace(",", " ").split() if c][:200],
             deadline=due,
+            tenant_ids=chosen,
         ),
         back=INBOX,
         notice=N_("Bulletin published."),
         background=background,
+    )
+
+
+@pages_router.get(CONTACT, response_class=HTMLResponse)
+def contact_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
+    """Where the tenant receives bulletins besides its inbox: a signed webhook and e-mail addresses."""
+    contact = _services(request, session, identity).bulletins.get_contact()
+    return render(
+        request,
+        "security/contact.html",
+        {"page_title": N_("Bulletin delivery"), "contact": contact, **shared(identity)},
+    )
+
+
+@pages_router.post(CONTACT, dependencies=CSRF)
+def contact_form(
+    request: Request,
+    identity: Writer,
+    session: DbSession,
+    webhook_url: FormText = "",
+    webhook_secret: FormText = "",
+    emails: FormText = "",
+    remove_secret: FormText = "",
+) -> Response:
+    addresses = [e for e in emails.replace(",", " ").replace(";", " ").split() if e][:20]
+    # An empty secret keeps the one stored (it is never shown again); "remove" forgets it.
+    secret = "" if remove_secret else webhook_secret[:200] or None
+    return act(
+        request,
+        session,
+        identity,
+        lambda s: s.bulletins.set_contact(
+            webhook_url=webhook_url.strip()[:1000], webhook_secret=secret, emails=addresses
+        ),
+        back=CONTACT,
+        notice=N_("Bulletin delivery saved."),
     )
 
 
@@ -521,13 +591,13 @@ def _deadline(text: str) -> dt.datetime | None:
 
 @pages_router.get(INCIDENTS, response_class=HTMLResponse)
 def incidents_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
-    rows = _service(request, session, identity).list_incidents()
+    rows = _services(request, session, identity).incidents.list_incidents()
     return render(request, "security/incidents.html", {"page_title": N_("Incidents"), "rows": rows, **shared(identity)})
 
 
 @pages_router.get(INCIDENTS + "/{incident_id}", response_class=HTMLResponse)
 def incident_page(request: Request, incident_id: str, identity: Reader, session: DbSession) -> HTMLResponse:
-    service = _service(request, session, identity)
+    service = _services(request, session, identity).incidents
     row = service.get_incident(incident_id)
     return render(
         request,
@@ -549,7 +619,7 @@ def incident_entry_form(
         request,
         session,
         identity,
-        lambda s: s.add_incident_entry(incident_id, kind, text[:2000]),
+        lambda s: s.incidents.add_incident_entry(incident_id, kind, text[:2000]),
         back=f"{INCIDENTS}/{incident_id[:32]}",
         notice=N_("Entry added."),
     )
@@ -563,7 +633,7 @@ def incident_state_form(
         request,
         session,
         identity,
-        lambda s: s.set_incident_state(incident_id, state, note[:1000]),
+        lambda s: s.incidents.set_incident_state(incident_id, state, note[:1000]),
         back=f"{INCIDENTS}/{incident_id[:32]}",
         notice=N_("Incident updated."),
     )

@@ -54,6 +54,12 @@ class Remediation(StrEnum):
     NOT_APPLICABLE = "not_applicable"
 
 
+def is_overdue(deadline: dt.datetime | None, remediation: str, now: dt.datetime) -> bool:
+    """A recipient is overdue once the deadline passed with its remediation neither done nor not applicable."""
+    settled = remediation in (Remediation.DONE, Remediation.NOT_APPLICABLE)
+    return deadline is not None and not settled and now > deadline
+
+
 class IncidentState(StrEnum):
     OPEN = "open"
     CONTAINED = "contained"
@@ -69,6 +75,15 @@ class Channel(StrEnum):
     CONSOLE = "console"
     WEBHOOK = "webhook"
     EMAIL = "email"
+
+
+class DeliveryStatus(StrEnum):
+    """Where a webhook or e-mail delivery of a bulletin stands."""
+
+    PENDING = "pending"  # to be sent now
+    RETRYING = "retrying"  # failed for a reason that may pass: sent again after a backoff
+    SENT = "sent"
+    FAILED = "failed"  # refused for good, or given up after the last attempt
 
 
 @dataclass(slots=True)

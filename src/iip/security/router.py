@@ -2,7 +2,8 @@
 matches, honeypot indicators, incidents, bulletins (the operator's and each tenant's inbox) and
 situational awareness.
 
-Thin: parse, call `SecurityService` (or `ingest` for uploads), shape. Files come as multipart
+Thin: parse, call `SecurityService`, `BulletinService` or `IncidentService` (or `ingest` for
+uploads), shape. Files come as multipart
 uploads. New alerts are published as alarm events, and bulletins are sent by webhook and e-mail,
 once the request's transaction has committed (background tasks run after the response).
 """
@@ -18,14 +19,16 @@ from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPExcepti
 from fastapi import status as http
 from sqlalchemy.orm import Session
 
-from iip.alarms.public import ALARM_EVENTS, AlarmEvent
+from iip.alarms.public import AlarmEvent
 from iip.api.deps import DbSession, audit_object, get_runtime, require
 from iip.api.documents import NO_NUL, Filter, TenantParam
 from iip.api.problems import problem_responses
 from iip.kernel.auth import Principal
-from iip.kernel.bus import BusError
 from iip.kernel.runtime import Runtime
-from iip.security import bulletins, ingest
+from iip.security import delivery, ingest
+from iip.security.bulletins import BulletinService, RecipientView
+from iip.security.incidents import IncidentService
+from iip.security.publishing import publish_alert_events
 from iip.security.schemas import (
     AdvisoryOut,
     AlertOut,
@@ -65,7 +68,6 @@ from iip.security.service import (
     AssetFilter,
     Awareness,
     MatchView,
-    RecipientView,
     SecurityService,
     severity_of,
 )
@@ -88,6 +90,14 @@ def _service(request: Request, session: Session, actor: Principal) -> SecuritySe
     return SecurityService(session, actor, settings=get_runtime(request).settings)
 
 
+def _bulletins(request: Request, session: Session, actor: Principal) -> BulletinService:
+    return BulletinService(session, actor, settings=get_runtime(request).settings)
+
+
+def _incidents(request: Request, session: Session, actor: Principal) -> IncidentService:
+    return IncidentService(session, actor, settings=get_runtime(request).settings)
+
+
 async def _read(file: UploadFile, limit: int) -> bytes:
     content = await file.read(limit + 1)
     if len(content) > limit:
@@ -95,28 +105,29 @@ async def _read(file: UploadFile, limit: int) -> bytes:
     return content
 
 
-def after_commit(request: Request, background: BackgroundTasks, service: SecurityService) -> None:
+def after_commit(
+    request: Request,
+    background: BackgroundTasks,
+    *,
+    events: Sequence[AlarmEvent] = (),
+    deliveries: Sequence[str] = (),
+) -> None:
     """Publish the new alerts' events and send the bulletins' deliveries once the transaction committed."""
     runtime = get_runtime(request)
-    if service.events:
-        background.add_task(publish_events, runtime, list(service.events))
-    if service.deliveries:
-        background.add_task(send_deliveries, runtime, list(service.deliveries))
+    if events:
+        background.add_task(publish_events, runtime, list(events))
+    if deliveries:
+        background.add_task(send_deliveries, runtime, list(deliveries))
 
 
 async def publish_events(runtime: Runtime, events: Sequence[AlarmEvent]) -> None:
-    for event in events:
-        try:
-            await runtime.bus.publish(ALARM_EVENTS, event, message_id=f"security-alert:{event.details['alert_id']}")
-        except (BusError, OSError) as err:
-            # Committed already: the alert stands and is listed; the alarms context misses this one.
-            logger.warning("could not publish security alert %s: %s", event.details.get("alert_id"), err)
+    await publish_alert_events(runtime.bus, events)
 
 
 async def send_deliveries(runtime: Runtime, delivery_ids: Sequence[str]) -> None:
     try:
-        await bulletins.deliver(runtime, delivery_ids)
-    except Exception:  # committed already: the deliveries stay pending and can be sent again
+        await delivery.deliver(runtime, delivery_ids)
+    except Exception:  # committed already: the deliveries stay pending; the retrier sends them later
         logger.exception("bulletin deliveries not sent")
 
 
@@ -318,7 +329,7 @@ async def upload_capture(
     result = ingest.upload(
         service, content, file.filename or "capture.pcap", site=site, tenant_id=tenant_id, check=check
     )
-    after_commit(request, background, service)
+    after_commit(request, background, events=service.events)
     audit_object(request, "security_capture", result.capture.id)
     return CheckOut(
         capture=CaptureOut.model_validate(result.capture),
@@ -472,7 +483,7 @@ def list_indicators(
 # --- incidents
 
 
-def incident_detail(service: SecurityService, incident_id: str) -> IncidentDetail:
+def incident_detail(service: IncidentService, incident_id: str) -> IncidentDetail:
     row = service.get_incident(incident_id)
     timeline = [EntryOut.model_validate(e) for e in service.timeline(row)]
     return IncidentDetail(**IncidentOut.model_validate(row).model_dump(), timeline=timeline)
@@ -483,7 +494,7 @@ def open_incident(
     body: IncidentCreate, request: Request, actor: Writer, session: DbSession, tenant_id: TenantParam = None
 ) -> IncidentDetail:
     """Open an incident from alerts (their assets linked) or from a bulletin your tenant received."""
-    service = _service(request, session, actor)
+    service = _incidents(request, session, actor)
     row = service.open_incident(
         body.title, alert_ids=body.alert_ids, bulletin_id=body.bulletin_id, severity=body.severity, tenant_id=tenant_id
     )
@@ -499,13 +510,13 @@ def list_incidents(
     state: Annotated[str | None, Query(pattern=r"^(open|contained|resolved)$")] = None,
     tenant_id: TenantParam = None,
 ) -> list[IncidentOut]:
-    rows = _service(request, session, actor).list_incidents(tenant_id=tenant_id, state=state)
+    rows = _incidents(request, session, actor).list_incidents(tenant_id=tenant_id, state=state)
     return [IncidentOut.model_validate(r) for r in rows]
 
 
 @router.get(API + "/incidents/{incident_id}", response_model=IncidentDetail, responses=FOUND)
 def get_incident(incident_id: Ref, request: Request, actor: Reader, session: DbSession) -> IncidentDetail:
-    return incident_detail(_service(request, session, actor), incident_id)
+    return incident_detail(_incidents(request, session, actor), incident_id)
 
 
 @router.post(API + "/incidents/{incident_id}/entries", response_model=IncidentDetail, responses=FOUND)
@@ -513,7 +524,7 @@ def add_incident_entry(
     incident_id: Ref, body: EntryBody, request: Request, actor: Writer, session: DbSession
 ) -> IncidentDetail:
     """A note or an action taken, on the incident's timeline."""
-    service = _service(request, session, actor)
+    service = _incidents(request, session, actor)
     service.add_incident_entry(incident_id, body.kind, body.text)
     audit_object(request, "security_incident", incident_id)
     return incident_detail(service, incident_id)
@@ -523,7 +534,7 @@ def add_incident_entry(
 def set_incident_state(
     incident_id: Ref, body: StateBody, request: Request, actor: Writer, session: DbSession
 ) -> IncidentDetail:
-    service = _service(request, session, actor)
+    service = _incidents(request, session, actor)
     service.set_incident_state(incident_id, body.state, body.note)
     audit_object(request, "security_incident", incident_id)
     return incident_detail(service, incident_id)
@@ -532,7 +543,7 @@ def set_incident_state(
 # --- bulletins: the operator
 
 
-def bulletin_detail(service: SecurityService, bulletin_id: str) -> BulletinDetail:
+def bulletin_detail(service: BulletinService, bulletin_id: str) -> BulletinDetail:
     bulletin, views = service.get_bulletin(bulletin_id)
     return BulletinDetail(
         **BulletinOut.model_validate(bulletin).model_dump(), recipients=[recipient_view(v) for v in views]
@@ -544,7 +555,7 @@ def publish_bulletin(
     body: BulletinCreate, request: Request, actor: Writer, session: DbSession, background: BackgroundTasks
 ) -> BulletinDetail:
     """Publish an early-warning bulletin (platform operators) to the affected tenants or the ones named."""
-    service = _service(request, session, actor)
+    service = _bulletins(request, session, actor)
     row = service.publish_bulletin(
         kind=body.kind,
         title=body.title,
@@ -556,7 +567,7 @@ def publish_bulletin(
         deadline=body.deadline,
         tenant_ids=body.tenant_ids,
     )
-    after_commit(request, background, service)
+    after_commit(request, background, deliveries=service.deliveries)
     audit_object(request, "security_bulletin", row.id)
     return bulletin_detail(service, row.id)
 
@@ -564,13 +575,13 @@ def publish_bulletin(
 @router.get(API + "/bulletins", response_model=list[BulletinDetail])
 def list_bulletins(request: Request, actor: Reader, session: DbSession) -> list[BulletinDetail]:
     """Every bulletin with, per tenant, receipt, acknowledgement and remediation (platform operators)."""
-    service = _service(request, session, actor)
+    service = _bulletins(request, session, actor)
     return [bulletin_detail(service, b.id) for b, _ in service.list_bulletins()]
 
 
 @router.get(API + "/bulletins/{bulletin_id}", response_model=BulletinDetail, responses=FOUND)
 def get_bulletin(bulletin_id: Ref, request: Request, actor: Reader, session: DbSession) -> BulletinDetail:
-    return bulletin_detail(_service(request, session, actor), bulletin_id)
+    return bulletin_detail(_bulletins(request, session, actor), bulletin_id)
 
 
 @router.post(API + "/bulletins/{bulletin_id}/redeliver", response_model=BulletinDetail, responses=FOUND)
@@ -578,9 +589,9 @@ def redeliver_bulletin(
     bulletin_id: Ref, request: Request, actor: Writer, session: DbSession, background: BackgroundTasks
 ) -> BulletinDetail:
     """Send the failed webhook and e-mail deliveries again."""
-    service = _service(request, session, actor)
+    service = _bulletins(request, session, actor)
     service.redeliver(bulletin_id)
-    after_commit(request, background, service)
+    after_commit(request, background, deliveries=service.deliveries)
     return bulletin_detail(service, bulletin_id)
 
 
@@ -590,7 +601,7 @@ def redeliver_bulletin(
 @router.get(API + "/inbox", response_model=list[InboxItem])
 def list_inbox(request: Request, actor: Reader, session: DbSession, tenant_id: TenantParam = None) -> list[InboxItem]:
     """Bulletins your tenant received, newest first, with where you are on each."""
-    return [inbox_view(v) for v in _service(request, session, actor).inbox(tenant_id=tenant_id)]
+    return [inbox_view(v) for v in _bulletins(request, session, actor).inbox(tenant_id=tenant_id)]
 
 
 @router.get(API + "/inbox/{bulletin_id}", response_model=InboxItem, responses=FOUND)
@@ -598,7 +609,7 @@ def read_inbox_item(
     bulletin_id: Ref, request: Request, actor: Reader, session: DbSession, tenant_id: TenantParam = None
 ) -> InboxItem:
     """A bulletin your tenant received; the first reading records the receipt."""
-    return inbox_view(_service(request, session, actor).inbox_item(bulletin_id, tenant_id=tenant_id))
+    return inbox_view(_bulletins(request, session, actor).inbox_item(bulletin_id, tenant_id=tenant_id))
 
 
 @router.post(API + "/inbox/{bulletin_id}/acknowledge", response_model=InboxItem, responses=FOUND)
@@ -606,7 +617,7 @@ def acknowledge_bulletin(
     bulletin_id: Ref, request: Request, actor: Writer, session: DbSession, tenant_id: TenantParam = None
 ) -> InboxItem:
     audit_object(request, "security_bulletin", bulletin_id)
-    return inbox_view(_service(request, session, actor).acknowledge_bulletin(bulletin_id, tenant_id=tenant_id))
+    return inbox_view(_bulletins(request, session, actor).acknowledge_bulletin(bulletin_id, tenant_id=tenant_id))
 
 
 @router.post(API + "/inbox/{bulletin_id}/remediation", response_model=InboxItem, responses=FOUND)
@@ -620,14 +631,14 @@ def set_remediation(
 ) -> InboxItem:
     """Where your tenant is on the remediation: not started, in progress, done, not applicable."""
     audit_object(request, "security_bulletin", bulletin_id)
-    service = _service(request, session, actor)
+    service = _bulletins(request, session, actor)
     return inbox_view(service.set_remediation(bulletin_id, body.status, body.note, tenant_id=tenant_id))
 
 
 @router.get(API + "/contact", response_model=ContactOut)
 def get_contact(request: Request, actor: Reader, session: DbSession, tenant_id: TenantParam = None) -> ContactOut:
     """Where your tenant receives bulletins besides the inbox."""
-    row = _service(request, session, actor).get_contact(tenant_id=tenant_id)
+    row = _bulletins(request, session, actor).get_contact(tenant_id=tenant_id)
     return ContactOut(
         tenant_id=row.tenant_id, webhook_url=row.webhook_url, has_secret=bool(row.webhook_secret), emails=row.emails
     )
@@ -638,7 +649,7 @@ def set_contact(
     body: ContactBody, request: Request, actor: Writer, session: DbSession, tenant_id: TenantParam = None
 ) -> ContactOut:
     """Your tenant's webhook (HMAC-signed with the secret) and e-mail addresses for bulletins."""
-    row = _service(request, session, actor).set_contact(
+    row = _bulletins(request, session, actor).set_contact(
         webhook_url=body.webhook_url, webhook_secret=body.webhook_secret, emails=body.emails, tenant_id=tenant_id
     )
     return ContactOut(

@@ -1,15 +1,12 @@
 """Use cases of the security context: assets, alerts, baselines, captures, advisories and their
-matches, honeypot indicators, incidents, early-warning bulletins and situational awareness.
+matches, honeypot indicators and situational awareness. Bulletins are `bulletins.BulletinService`'s,
+incidents `incidents.IncidentService`'s; all three share `scoping.ScopedService`.
 
 Every call is scoped to the acting principal's tenant (platform operators reach every tenant by
 id); another tenant's object is indistinguishable from a missing one. Reading needs
-`security.read`, changing `security.write`; acknowledging and closing alerts, settling matches and
-answering bulletins are writes too, and each change is appended to the audit log.
-
-Advisories are public documents and belong to the platform: only platform operators import them
-and publish bulletins. A bulletin reaches the tenants it affects (those with assets matched to its
-advisory or CVEs) or the ones the operator chooses; each recipient tenant sees it in its inbox and
-may receive it by webhook and e-mail (`bulletins.deliver` sends those after the commit).
+`security.read`, changing `security.write`; acknowledging and closing alerts and settling matches
+are writes too, and each change is appended to the audit log. Advisories are public documents and
+belong to the platform: only platform operators import them.
 
 New alerts become `AlarmEvent`s (source `security`, kind `ics.<alert kind>`) in `events`, which
 the caller publishes once the transaction has committed.
@@ -21,19 +18,17 @@ import datetime as dt
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from iip.alarms.public import AlarmEvent, check_email_address, check_webhook_url
-from iip.kernel import audit
-from iip.kernel.auth import AccessService, Principal, Tenant, new_id, tenant_to_read
+from iip.alarms.public import AlarmEvent
+from iip.kernel.auth import AccessService, Principal, Tenant, new_id
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Forbidden, Invalid, NotFound
-from iip.kernel.sealing import Sealer
 from iip.kernel.settings import Settings
 from iip.security.captures import CaptureSummary
 from iip.security.detection import SEVERITY_SCORES
@@ -45,21 +40,14 @@ from iip.security.models import (
     Asset,
     Baseline,
     Bulletin,
-    BulletinDelivery,
     BulletinRecipient,
     Capture,
-    Contact,
-    Incident,
-    IncidentEntry,
     Indicator,
 )
 from iip.security.records import (
     AdvisoryRecord,
     AlertStatus,
     AssetSource,
-    BulletinKind,
-    Channel,
-    IncidentState,
     LearnedBaseline,
     MatchRecord,
     MatchStatus,
@@ -69,14 +57,13 @@ from iip.security.records import (
     Resolution,
     Severity,
     Sighting,
+    is_overdue,
 )
+from iip.security.scoping import SOURCE, Clock, ScopedService, parse_choice
 
-SOURCE = "security"  # AlarmEvent source
-Clock = Callable[[], dt.datetime]
 MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 MAX_EVIDENCE = 20  # frames and raw hex kept per alert
 RAW_HEX = 512  # characters of one frame's hex kept
-SEALING_PURPOSE = "security.webhook"  # what the sealed webhook secrets are bound to
 
 
 def parse_address(text: str) -> str:
@@ -92,14 +79,6 @@ def parse_mac(text: str) -> str:
     if mac and not MAC.match(mac):
         raise Invalid(f"'{text[:40]}' is not a MAC address such as 00:1d:9c:01:02:03", code="mac_invalid")
     return mac
-
-
-def parse_choice(value: str, choices: type[Severity] | type[Remediation] | type[IncidentState], what: str) -> str:
-    try:
-        return choices(value.strip().lower()).value
-    except ValueError:
-        allowed = ", ".join(c.value for c in choices)
-        raise Invalid(f"{what} must be one of {allowed}, not '{value[:40]}'", code=f"{what}_invalid") from None
 
 
 def severity_of(cvss: float | None) -> Severity:
@@ -158,14 +137,6 @@ class MatchView:
     advisory: Advisory
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientView:
-    recipient: BulletinRecipient
-    bulletin: Bulletin
-    deliveries: list[BulletinDelivery]
-    overdue: bool
-
-
 @dataclass(slots=True)
 class Awareness:
     """One tenant's (or the platform's) security situation and its risk score (docs/security.md)."""
@@ -203,7 +174,7 @@ def risk_breakdown(
     }
 
 
-class SecurityService:
+class SecurityService(ScopedService):
     def __init__(
         self,
         session: Session,
@@ -212,49 +183,8 @@ class SecurityService:
         settings: Settings | None = None,
         clock: Clock = utcnow,
     ) -> None:
-        self.session = session
-        self.actor = actor
-        self.settings = settings
-        self.clock = clock
+        super().__init__(session, actor, settings=settings, clock=clock)
         self.events: list[AlarmEvent] = []  # to publish after the commit
-        self.deliveries: list[str] = []  # bulletin deliveries to send after the commit
-
-    # --- scoping
-
-    def _scope(self, tenant_id: str | None) -> str | None:
-        return tenant_to_read(self.actor, tenant_id)
-
-    def tenant_for(self, tenant_id: str | None) -> str:
-        """The tenant a new object goes to: the actor's own, or (platform operators) the one named."""
-        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
-
-    def _visible(self, tenant_id: str) -> bool:
-        return self.actor.is_platform or tenant_id == self.actor.tenant_id
-
-    def _read(self) -> None:
-        self.actor.require("security.read")
-
-    def _write(self) -> None:
-        self.actor.require("security.write")
-
-    def _platform(self) -> None:
-        self._write()
-        if not self.actor.is_platform:
-            raise Forbidden("only platform operators do this", code="platform_only")
-
-    def _audit(self, action: str, object_type: str, object_id: str, detail: str, tenant_id: str | None) -> None:
-        audit.append(
-            self.session,
-            self.actor,
-            audit.AuditRecord(
-                action=f"security.{action}",
-                object_type=object_type,
-                object_id=object_id,
-                detail=detail[:1000],
-                source=SOURCE,
-            ),
-            tenant_id=tenant_id,
-        )
 
     # --- assets
 
@@ -740,354 +670,6 @@ class SecurityService:
             query = query.where(Indicator.last_seen >= since)
         return list(self.session.scalars(query))
 
-    # --- incidents
-
-    def open_incident(
-        self,
-        title: str,
-        *,
-        alert_ids: Sequence[str] = (),
-        bulletin_id: str | None = None,
-        severity: str | None = None,
-        tenant_id: str | None = None,
-    ) -> Incident:
-        """An incident from alerts (their assets linked by address) or from a bulletin the tenant received."""
-        self._write()
-        alerts = [self.get_alert(a) for a in alert_ids]
-        tenant = alerts[0].tenant_id if alerts else self.tenant_for(tenant_id)
-        if any(a.tenant_id != tenant for a in alerts):
-            raise Invalid("the alerts of one incident belong to one tenant", code="incident_tenants")
-        bulletin = None
-        if bulletin_id is not None:
-            bulletin = self.inbox_item(bulletin_id, tenant_id=tenant, mark_opened=False).bulletin
-        if not alerts and bulletin is None:
-            raise Invalid("open an incident from at least one alert or a bulletin", code="incident_empty")
-        ranks = [Severity(a.severity) for a in alerts] + ([Severity(bulletin.severity)] if bulletin else [])
-        level = parse_choice(severity, Severity, "severity") if severity else max(ranks, key=lambda s: s.rank).value
-        now = self.clock()
-        row = Incident(
-            id=new_id(),
-            tenant_id=tenant,
-            title=title.strip()[:300] or (alerts[0].message if alerts else bulletin.title if bulletin else "")[:300],
-            severity=level,
-            state=IncidentState.OPEN.value,
-            alert_ids=[a.id for a in alerts],
-            asset_ids=self._assets_of(tenant, alerts),
-            bulletin_id=bulletin.id if bulletin else None,
-            opened_by=self.actor.label,
-            opened_at=now,
-            updated_at=now,
-        )
-        self.session.add(row)
-        self.session.flush()
-        self._entry(row, "state", "opened", now)
-        self._audit("incident.open", "security_incident", row.id, row.title, tenant)
-        return row
-
-    def _assets_of(self, tenant_id: str, alerts: Sequence[Alert]) -> list[str]:
-        hosts = {
-            peer.rsplit(":", 1)[0] if peer.count(":") == 1 else peer
-            for a in alerts
-            for peer in (a.source, a.destination)
-        }
-        hosts.discard("")
-        if not hosts:
-            return []
-        query = select(Asset.id).where(Asset.tenant_id == tenant_id, Asset.address.in_(sorted(hosts)))
-        return sorted(self.session.scalars(query))
-
-    def _entry(self, incident: Incident, kind: str, text: str, at: dt.datetime) -> IncidentEntry:
-        entry = IncidentEntry(
-            id=new_id(), incident_id=incident.id, kind=kind, text=text[:2000], actor=self.actor.label, at=at
-        )
-        self.session.add(entry)
-        self.session.flush()
-        return entry
-
-    def list_incidents(self, *, tenant_id: str | None = None, state: str | None = None) -> list[Incident]:
-        self._read()
-        query = select(Incident).order_by(Incident.updated_at.desc(), Incident.id)
-        scope = self._scope(tenant_id)
-        if scope is not None:
-            query = query.where(Incident.tenant_id == scope)
-        if state is not None:
-            query = query.where(Incident.state == state)
-        return list(self.session.scalars(query))
-
-    def get_incident(self, incident_id: str) -> Incident:
-        self._read()
-        row = self.session.get(Incident, incident_id[:32])
-        if row is None or not self._visible(row.tenant_id):
-            raise NotFound(f"incident '{incident_id[:40]}' not found", code="incident_not_found")
-        return row
-
-    def timeline(self, incident: Incident) -> list[IncidentEntry]:
-        query = select(IncidentEntry).where(IncidentEntry.incident_id == incident.id)
-        return list(self.session.scalars(query.order_by(IncidentEntry.at, IncidentEntry.id)))
-
-    def add_incident_entry(self, incident_id: str, kind: str, text: str) -> IncidentEntry:
-        """A note or an action taken, on the timeline."""
-        self._write()
-        if kind not in ("note", "action"):
-            raise Invalid("an entry is a note or an action", code="entry_kind_invalid")
-        if not text.strip():
-            raise Invalid("say what happened", code="entry_empty")
-        row = self.get_incident(incident_id)
-        now = self.clock()
-        row.updated_at = now
-        return self._entry(row, kind, text.strip(), now)
-
-    def set_incident_state(self, incident_id: str, state: str, note: str = "") -> Incident:
-        self._write()
-        row = self.get_incident(incident_id)
-        new_state = parse_choice(state, IncidentState, "state")
-        if new_state != row.state:
-            now = self.clock()
-            self._entry(
-                row, "state", f"{row.state} -> {new_state}" + (f": {note.strip()}" if note.strip() else ""), now
-            )
-            row.state, row.updated_at = new_state, now
-            self._audit("incident.state", "security_incident", row.id, new_state, row.tenant_id)
-        return row
-
-    # --- bulletins: the operator's side
-
-    def publish_bulletin(
-        self,
-        *,
-        kind: str,
-        title: str,
-        severity: str,
-        body_zh: str = "",
-        body_en: str = "",
-        advisory_ref: str | None = None,
-        cves: Sequence[str] = (),
-        deadline: dt.datetime | None = None,
-        tenant_ids: Sequence[str] | None = None,
-    ) -> Bulletin:
-        """Publish to the tenants named, or (None) to the tenants whose assets match its advisory or CVEs."""
-        self._platform()
-        try:
-            bulletin_kind = BulletinKind(kind).value
-        except ValueError:
-            raise Invalid("a bulletin is an advisory or a warning", code="bulletin_kind_invalid") from None
-        if not title.strip():
-            raise Invalid("a bulletin needs a title", code="bulletin_title_missing")
-        if not body_zh.strip() and not body_en.strip():
-            raise Invalid("a bulletin needs a body in Chinese or English", code="bulletin_body_missing")
-        advisory = self.get_advisory(advisory_ref) if advisory_ref else None
-        all_cves = sorted({c.strip().upper() for c in cves if c.strip()} | set(advisory.cves if advisory else ()))
-        now = self.clock()
-        bulletin = Bulletin(
-            id=new_id(),
-            kind=bulletin_kind,
-            title=title.strip()[:300],
-            body_zh=body_zh,
-            body_en=body_en,
-            severity=parse_choice(severity, Severity, "severity"),
-            advisory_id=advisory.id if advisory else None,
-            cves=all_cves,
-            deadline=deadline,
-            targeting="chosen" if tenant_ids is not None else "matched",
-            published_by=self.actor.label,
-            published_at=now,
-        )
-        self.session.add(bulletin)
-        self.session.flush()
-        targets = self._chosen(tenant_ids) if tenant_ids is not None else self._affected(advisory, all_cves)
-        if not targets:
-            raise Invalid("no tenant is affected: choose the tenants to send it to", code="bulletin_no_recipients")
-        for tenant_id, matched in sorted(targets.items()):
-            self._address(bulletin, tenant_id, matched, now)
-        self._audit("bulletin.publish", "security_bulletin", bulletin.id, f"{bulletin.title} -> {len(targets)}", None)
-        return bulletin
-
-    def _chosen(self, tenant_ids: Sequence[str]) -> dict[str, int]:
-        access = AccessService(self.session)
-        return {access.get_tenant(t, self.actor).id: 0 for t in tenant_ids}
-
-    def _affected(self, advisory: Advisory | None, cves: Sequence[str]) -> dict[str, int]:
-        """Tenants with unresolved matches of the advisory, or of any advisory naming one of the CVEs."""
-        matches = self.session.scalars(select(AdvisoryMatch).where(AdvisoryMatch.resolution == ""))
-        wanted = set(cves)
-        counts: Counter[str] = Counter()
-        for match in matches:
-            if (advisory is not None and match.advisory_id == advisory.id) or wanted & set(match.cves):
-                counts[match.tenant_id] += 1
-        return dict(counts)
-
-    def _address(self, bulletin: Bulletin, tenant_id: str, matched: int, now: dt.datetime) -> None:
-        recipient = BulletinRecipient(id=new_id(), bulletin_id=bulletin.id, tenant_id=tenant_id, matched_assets=matched)
-        self.session.add(recipient)
-        self.session.flush()
-        console = BulletinDelivery(
-            id=new_id(),
-            recipient_id=recipient.id,
-            channel=Channel.CONSOLE.value,
-            status="sent",
-            attempts=1,
-            sent_at=now,
-        )
-        self.session.add(console)
-        contact = self.session.get(Contact, tenant_id)
-        if contact is not None and contact.webhook_url:
-            self._pending(recipient, Channel.WEBHOOK, contact.webhook_url)
-        if contact is not None and contact.emails:
-            self._pending(recipient, Channel.EMAIL, ", ".join(contact.emails))
-
-    def _pending(self, recipient: BulletinRecipient, channel: Channel, target: str) -> None:
-        row = BulletinDelivery(id=new_id(), recipient_id=recipient.id, channel=channel.value, target=target[:1000])
-        self.session.add(row)
-        self.deliveries.append(row.id)
-
-    def list_bulletins(self) -> list[tuple[Bulletin, list[BulletinRecipient]]]:
-        """Platform operators: every bulletin with its recipients."""
-        self._read()
-        if not self.actor.is_platform:
-            raise Forbidden("only platform operators see every bulletin; read your inbox", code="platform_only")
-        bulletins = list(self.session.scalars(select(Bulletin).order_by(Bulletin.published_at.desc(), Bulletin.id)))
-        recipients: dict[str, list[BulletinRecipient]] = {b.id: [] for b in bulletins}
-        for row in self.session.scalars(select(BulletinRecipient).order_by(BulletinRecipient.tenant_id)):
-            recipients.setdefault(row.bulletin_id, []).append(row)
-        return [(b, recipients[b.id]) for b in bulletins]
-
-    def get_bulletin(self, bulletin_id: str) -> tuple[Bulletin, list[RecipientView]]:
-        """Platform operators: a bulletin and, per tenant, its receipt, acknowledgement, remediation, deliveries."""
-        self._read()
-        if not self.actor.is_platform:
-            raise NotFound(f"bulletin '{bulletin_id[:40]}' not found", code="bulletin_not_found")
-        bulletin = self.session.get(Bulletin, bulletin_id[:32])
-        if bulletin is None:
-            raise NotFound(f"bulletin '{bulletin_id[:40]}' not found", code="bulletin_not_found")
-        rows = self.session.scalars(select(BulletinRecipient).where(BulletinRecipient.bulletin_id == bulletin.id))
-        return bulletin, [self._recipient_view(r, bulletin) for r in rows]
-
-    def redeliver(self, bulletin_id: str) -> list[str]:
-        """Queue the failed webhook and e-mail deliveries of a bulletin again (platform operators)."""
-        self._write()
-        bulletin, views = self.get_bulletin(bulletin_id)  # a bulletin is not found for anyone else
-        for view in views:
-            for delivery in view.deliveries:
-                if delivery.status == "failed":
-                    delivery.status, delivery.error = "pending", ""
-                    self.deliveries.append(delivery.id)
-        self._audit("bulletin.redeliver", "security_bulletin", bulletin.id, f"{len(self.deliveries)}", None)
-        return list(self.deliveries)
-
-    def _recipient_view(self, recipient: BulletinRecipient, bulletin: Bulletin) -> RecipientView:
-        deliveries = self.session.scalars(
-            select(BulletinDelivery)
-            .where(BulletinDelivery.recipient_id == recipient.id)
-            .order_by(BulletinDelivery.channel)
-        )
-        return RecipientView(recipient, bulletin, list(deliveries), self.overdue(recipient, bulletin))
-
-    def overdue(self, recipient: BulletinRecipient, bulletin: Bulletin) -> bool:
-        done = recipient.remediation in (Remediation.DONE, Remediation.NOT_APPLICABLE)
-        return bulletin.deadline is not None and not done and self.clock() > bulletin.deadline
-
-    # --- bulletins: the tenant's inbox
-
-    def inbox(self, *, tenant_id: str | None = None) -> list[RecipientView]:
-        self._read()
-        tenant = self._scope(tenant_id) or self.actor.tenant_id
-        query = (
-            select(BulletinRecipient, Bulletin)
-            .join(Bulletin, Bulletin.id == BulletinRecipient.bulletin_id)
-            .where(BulletinRecipient.tenant_id == tenant)
-            .order_by(Bulletin.published_at.desc(), Bulletin.id)
-        )
-        return [self._recipient_view(r, b) for r, b in self.session.execute(query)]
-
-    def inbox_item(self, bulletin_id: str, *, tenant_id: str | None = None, mark_opened: bool = True) -> RecipientView:
-        """A bulletin as the tenant received it; reading it records the receipt (the first time).
-
-        Platform operators name the tenant, or reach the one recipient of a bulletin sent to one.
-        """
-        self._read()
-        query = (
-            select(BulletinRecipient, Bulletin)
-            .join(Bulletin, Bulletin.id == BulletinRecipient.bulletin_id)
-            .where(Bulletin.id == bulletin_id[:32])
-        )
-        tenant = self._scope(tenant_id)
-        rows = list(self.session.execute(query.where(BulletinRecipient.tenant_id == tenant) if tenant else query))
-        if len(rows) > 1:
-            own = [r for r in rows if r[0].tenant_id == self.actor.tenant_id]
-            if not own:
-                raise Invalid("the bulletin went to several tenants: name one", code="tenant_required")
-            rows = own
-        if not rows:
-            raise NotFound(f"bulletin '{bulletin_id[:40]}' not found", code="bulletin_not_found")
-        recipient, bulletin = rows[0]
-        opener = recipient.tenant_id == self.actor.tenant_id  # an operator looking on is not the tenant opening it
-        if mark_opened and opener and recipient.opened_at is None:
-            recipient.opened_by, recipient.opened_at = self.actor.label, self.clock()
-        return self._recipient_view(recipient, bulletin)
-
-    def acknowledge_bulletin(self, bulletin_id: str, *, tenant_id: str | None = None) -> RecipientView:
-        self._write()
-        view = self.inbox_item(bulletin_id, tenant_id=tenant_id)
-        recipient = view.recipient
-        if recipient.acknowledged_at is None:
-            now = self.clock()
-            recipient.acknowledged_by, recipient.acknowledged_at = self.actor.label, now
-            if recipient.opened_at is None:
-                recipient.opened_by, recipient.opened_at = self.actor.label, now
-            self._audit("bulletin.acknowledge", "security_bulletin", view.bulletin.id, "", recipient.tenant_id)
-        return view
-
-    def set_remediation(
-        self, bulletin_id: str, status: str, note: str = "", *, tenant_id: str | None = None
-    ) -> RecipientView:
-        self._write()
-        view = self.inbox_item(bulletin_id, tenant_id=tenant_id)
-        recipient = view.recipient
-        recipient.remediation = parse_choice(status, Remediation, "remediation")
-        recipient.remediation_note = note.strip()[:1000]
-        recipient.remediation_by, recipient.remediation_at = self.actor.label, self.clock()
-        self._audit("bulletin.remediation", "security_bulletin", view.bulletin.id, status, recipient.tenant_id)
-        return self._recipient_view(recipient, view.bulletin)
-
-    # --- where bulletins go
-
-    def get_contact(self, *, tenant_id: str | None = None) -> Contact:
-        self._read()
-        tenant = self.tenant_for(tenant_id)
-        return self.session.get(Contact, tenant) or Contact(
-            tenant_id=tenant, webhook_url="", webhook_secret="", emails=[]
-        )
-
-    def set_contact(
-        self, *, webhook_url: str, webhook_secret: str | None, emails: Sequence[str], tenant_id: str | None = None
-    ) -> Contact:
-        """The tenant's webhook (signed with its secret) and e-mail addresses for bulletins."""
-        self._write()
-        tenant = self.tenant_for(tenant_id)
-        try:
-            url = check_webhook_url(webhook_url) if webhook_url.strip() else ""
-            addresses = sorted({check_email_address(e) for e in emails if e.strip()})
-        except ValueError as err:
-            raise Invalid(str(err), code="contact_invalid") from None
-        row = self.session.get(Contact, tenant)
-        if row is None:
-            row = Contact(tenant_id=tenant, webhook_secret="")
-            self.session.add(row)
-        row.webhook_url, row.emails = url, addresses
-        if webhook_secret is not None:
-            row.webhook_secret = self._sealer().seal(webhook_secret, bound_to=tenant) if webhook_secret else ""
-        if url and not row.webhook_secret:
-            raise Invalid("a webhook needs a secret to sign with", code="contact_secret_missing")
-        row.updated_by, row.updated_at = self.actor.label, self.clock()
-        self.session.flush()
-        self._audit("contact.set", "security_contact", tenant, url or "no webhook", tenant)
-        return row
-
-    def _sealer(self) -> Sealer:
-        if self.settings is None:
-            raise Invalid("settings are needed to seal the webhook secret", code="settings_missing")
-        return Sealer.of(self.settings, SEALING_PURPOSE)
-
     # --- situational awareness
 
     def awareness(self, *, tenant_id: str | None = None) -> Awareness:
@@ -1112,7 +694,7 @@ class SecurityService:
         for recipient, bulletin in self.session.execute(recipients):
             if recipient.remediation not in (Remediation.DONE, Remediation.NOT_APPLICABLE):
                 view.bulletins_open += 1
-                view.bulletins_overdue += int(self.overdue(recipient, bulletin))
+                view.bulletins_overdue += int(is_overdue(bulletin.deadline, recipient.remediation, now))
         view.breakdown = risk_breakdown(
             view.open_alerts, view.vulnerable_assets, view.honeypot_24h, view.honeypot_7d, view.bulletins_overdue
         )
