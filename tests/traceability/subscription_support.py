@@ -1,4 +1,5 @@
-"""A real HTTP receiver for subscription deliveries, and what the subscription tests share."""
+"""A real HTTP receiver for subscription deliveries, and what the subscription tests share: the
+subscriber that sets subscriptions up against it, events captured, subscriptions as stored."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from iip.kernel.auth import Principal, Role
+from iip.kernel.db import Database
+from iip.kernel.sealing import Sealer
+from iip.traceability.models import Subscription
+from iip.traceability.query_service import QueryService
+from iip.traceability.subscriptions import SubscriptionRequest, SubscriptionService
+from tests.traceability.query_support import capture_events
+
+TOKEN = "subscriber-chosen-signing-key-0123456789"
 
 
 @dataclass(frozen=True)
@@ -139,3 +150,41 @@ def object_event(biz_step: str = "shipping") -> dict[str, Any]:
         "epcList": [f"urn:epc:id:sgtin:0614141.107346.{number}"],
         "bizStep": biz_step,
     }
+
+
+def actor(tenant_id: str, role: Role = Role.ADMIN) -> Principal:
+    return Principal("user", f"tester-{tenant_id}", "tester", tenant_id, role)
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """A tenant subscribing named queries of its own to one receiver URL, signed with TOKEN."""
+
+    db: Database
+    tenant_id: str
+    url: str
+    sealer: Sealer
+
+    def subscribe(self, *, query: dict[str, Any] | None = None, **wanted: Any) -> tuple[str, str]:
+        """A named query (shipping events unless told otherwise) and a subscription to it, a stream unless
+        told otherwise: (subscription id, query name)."""
+        with self.db.session() as session:
+            who = actor(self.tenant_id)
+            name = f"q-{uuid.uuid4().hex[:10]}"
+            QueryService(session, who).create_query(name, {"EQ_bizStep": ["shipping"]} if query is None else query)
+            request = SubscriptionRequest(destination=self.url, signature_token=TOKEN, **({"stream": True} | wanted))
+            return SubscriptionService(session, who).create(name, request, self.sealer).subscription.id, name
+
+
+def capture(db: Database, tenant_id: str, *events: dict[str, Any]) -> list[str]:
+    """Capture the events as one document; answers their eventIDs."""
+    with db.session() as session:
+        capture_events(session, tenant_id, events)
+    return [event["eventID"] for event in events]
+
+
+def stored(db: Database, subscription_id: str) -> Subscription:
+    with db.session() as session:
+        row = session.get(Subscription, subscription_id)
+        assert row is not None
+        return row

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from iip.kernel.auth import Role
-from iip.traceability import capture, capture_router
+from iip.traceability import capture, document_body
 from tests.api.support import assert_problem
 from tests.conftest import TenantFixture
 from tests.traceability.conftest import DATASET
@@ -102,7 +102,7 @@ def test_a_body_in_neither_json_nor_xml_is_415(client: TestClient, tenant_a: Ten
 def test_too_large_is_413_with_the_limits(
     client: TestClient, tenant_a: TenantFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(capture_router, "CAPTURE_FILE_SIZE_LIMIT", 100)
+    monkeypatch.setattr(document_body, "CAPTURE_FILE_SIZE_LIMIT", 100)
     too_big = post(client, tenant_a, document(object_event(1)))
     assert_problem(too_big, 413, "payload_too_large")
     assert too_big.headers["gs1-epcis-capture-file-size-limit"] == str(capture.CAPTURE_FILE_SIZE_LIMIT)

@@ -488,7 +488,9 @@ def test_an_upload_without_the_csrf_token_is_refused(client: TestClient, runtime
 
 @pytest.mark.browser
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_in_chromium_an_upload_leads_to_a_drawn_genealogy(runtime: Runtime, chromium: str) -> None:
+def test_in_chromium_an_upload_leads_to_a_drawn_genealogy_and_a_paste_is_captured(
+    runtime: Runtime, chromium: str
+) -> None:
     tenant = tenant_with_users(runtime, [Role.ENGINEER])
     app = create_app(runtime=runtime, configure_logs=False)
     problems: list[str] = []
@@ -509,6 +511,12 @@ def test_in_chromium_an_upload_leads_to_a_drawn_genealogy(runtime: Runtime, chro
             page.set_input_files("#upload-form input[type=file]", str(TRANSFORMATION))
             page.click("#upload-form button[type=submit]")
             page.wait_for_selector("#job-outcome[data-state=success]")
+            # Pasted beside the upload: the browser posts the text with an empty file part.
+            page.goto(f"{base}/traceability/capture")
+            page.fill("#paste-text", OBJECT_EVENTS.read_text())
+            page.click("#upload-form button[type=submit]")
+            page.wait_for_selector("#job-outcome[data-state=success]")
+            assert page.locator("#job-stored").inner_text().strip() == str(len(document_events(OBJECT_EVENTS)))
             page.goto(f"{base}/traceability/trace?epc={quote('urn:epc:id:sgtin:4012345.077889.25', safe='')}")
             assert page.locator("h1").first.inner_text().strip() == "产品追溯"
             nodes = page.locator("#trace-graph a.graph-node")

@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from iip.kernel.auth import Principal, Role
 from iip.kernel.db import Database
-from iip.traceability import genealogy, indexing
+from iip.kernel.errors import Invalid
+from iip.traceability import indexing
 from iip.traceability.capture import CaptureService
 from iip.traceability.epcis import event_hash
 from iip.traceability.epcis.identifiers import canonical, check, is_gs1_identifier, same_object
@@ -91,13 +92,17 @@ def test_the_event_hash_keeps_a_handle_as_written() -> None:
     assert event_hash.event_hash(upper) != event_hash.event_hash(lower)
 
 
-def test_the_two_canonical_functions_differ_only_in_what_a_broken_identifier_gives() -> None:
-    # indexing keeps a broken value as written (validation reports it), genealogy refuses it.
-    for value in ("hdl:88.118.8/Part-7", "urn:epc:id:sgtin:0614141.107346.2017", "urn:uuid:x"):
-        assert indexing.canonical_identifier(value) == genealogy.canonical_identifier(value)
+def test_stored_and_asked_identifiers_differ_only_in_what_a_broken_identifier_gives() -> None:
+    # As stored, a broken value stays as written (validation reports it); asked about, it is refused.
+    for value in ("hdl:88.118.8/Part-7", " urn:epc:id:sgtin:0614141.107346.2017 ", "urn:uuid:x"):
+        assert indexing.canonical_identifier(value) == indexing.checked_identifier(value)
     assert indexing.canonical_identifier("hdl:88.118.8") == "hdl:88.118.8"
-    with pytest.raises(Exception, match="prefix/suffix"):
-        genealogy.canonical_identifier("hdl:88.118.8")
+    with pytest.raises(Invalid, match="prefix/suffix") as refused:
+        indexing.checked_identifier("hdl:88.118.8")
+    assert refused.value.instance_code == "invalid_identifier"
+    with pytest.raises(Invalid) as empty:
+        indexing.checked_identifier("  ")
+    assert empty.value.instance_code == "identifier_required"
 
 
 # --- in the repository ------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -16,16 +15,13 @@ from fastapi.testclient import TestClient
 
 from iip.kernel.db import Database, utcnow
 from iip.kernel.sealing import Sealer
-from iip.kernel.settings import Settings
 from iip.traceability.models import NamedQuery
 from iip.traceability.subscription_delivery import SubscriptionDelivery
 from iip.traceability.subscription_schedule import ScheduleError, parse_schedule
 from iip.traceability.subscription_schemas import SubscriptionOut
-from iip.traceability.subscriptions import subscription_sealer
 from tests.api.support import assert_problem
 from tests.conftest import TenantFixture
-from tests.traceability.subscription_support import Clock, Receiver, object_event, running_receiver
-from tests.traceability.test_subscriptions import capture, stored, subscribe
+from tests.traceability.subscription_support import Clock, Receiver, Subscriber, capture, object_event, stored
 
 UTC = dt.UTC
 
@@ -150,29 +146,6 @@ def test_a_schedule_is_kept_as_given() -> None:
 # --- delivery on schedule
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with running_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def sealer(settings: Settings) -> Sealer:
-    return subscription_sealer(settings)
-
-
-@pytest.fixture
-async def delivery(migrated_db: Database, sealer: Sealer, clock: Clock) -> AsyncIterator[SubscriptionDelivery]:
-    running = SubscriptionDelivery(migrated_db, sealer, clock=clock, retry_base_s=1.0, retry_max_s=8.0)
-    yield running
-    await running.close()
-
-
 def next_minute(moment: dt.datetime) -> dt.datetime:
     return moment.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
 
@@ -186,6 +159,7 @@ def answer(db: Database, subscription_id: str) -> dict[str, Any]:
 
 
 async def test_a_cron_schedule_delivers_at_its_times_and_reports_empty_results_when_asked(
+    subscriber: Subscriber,
     migrated_db: Database,
     tenant_a: TenantFixture,
     receiver: Receiver,
@@ -196,9 +170,9 @@ async def test_a_cron_schedule_delivers_at_its_times_and_reports_empty_results_w
     db, tenant = migrated_db, tenant_a.id
     every_minute = {"second": "0"}
     before = utcnow()
-    reporting, _ = subscribe(db, tenant, receiver.url, sealer, stream=None, schedule=every_minute, report_if_empty=True)
-    quiet, _ = subscribe(db, tenant, receiver.url, sealer, stream=None, schedule=every_minute)
-    daily, _ = subscribe(db, tenant, receiver.url, sealer, stream=None, schedule={"hour": "1", "minute": "5"})
+    reporting, _ = subscriber.subscribe(stream=None, schedule=every_minute, report_if_empty=True)
+    quiet, _ = subscriber.subscribe(stream=None, schedule=every_minute)
+    daily, _ = subscriber.subscribe(stream=None, schedule={"hour": "1", "minute": "5"})
     after = utcnow()
     ids = capture(db, tenant, object_event())
 
@@ -250,6 +224,7 @@ async def test_a_cron_schedule_delivers_at_its_times_and_reports_empty_results_w
 
 
 async def test_a_failed_scheduled_delivery_is_retried_then_keeps_its_schedule(
+    subscriber: Subscriber,
     migrated_db: Database,
     tenant_a: TenantFixture,
     receiver: Receiver,
@@ -258,7 +233,7 @@ async def test_a_failed_scheduled_delivery_is_retried_then_keeps_its_schedule(
     clock: Clock,
 ) -> None:
     db, tenant = migrated_db, tenant_a.id
-    subscription_id, _ = subscribe(db, tenant, receiver.url, sealer, stream=None, schedule={"second": "0"})
+    subscription_id, _ = subscriber.subscribe(stream=None, schedule={"second": "0"})
     ids = capture(db, tenant, object_event())
     first = stored(db, subscription_id).next_attempt_at
     assert first is not None
@@ -285,6 +260,7 @@ async def test_a_failed_scheduled_delivery_is_retried_then_keeps_its_schedule(
 
 
 async def test_an_interval_still_delivers_every_n_seconds(
+    subscriber: Subscriber,
     migrated_db: Database,
     tenant_a: TenantFixture,
     receiver: Receiver,
@@ -293,7 +269,7 @@ async def test_an_interval_still_delivers_every_n_seconds(
     clock: Clock,
 ) -> None:
     db, tenant = migrated_db, tenant_a.id
-    subscription_id, _ = subscribe(db, tenant, receiver.url, sealer, stream=None, schedule_seconds=90)
+    subscription_id, _ = subscriber.subscribe(stream=None, schedule_seconds=90)
     ids = capture(db, tenant, object_event())
     due = stored(db, subscription_id).next_attempt_at
     assert due is not None

@@ -12,8 +12,7 @@ import datetime as dt
 import json
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,12 +25,11 @@ from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from iip.api.app import create_app
 from iip.kernel.audit import AuditEntry
-from iip.kernel.auth import Principal, Role
+from iip.kernel.auth import Role
 from iip.kernel.db import Database
 from iip.kernel.errors import NotFound
 from iip.kernel.runtime import Runtime
 from iip.kernel.sealing import Sealer
-from iip.kernel.settings import Settings
 from iip.traceability import subscription_signal
 from iip.traceability.models import Event, Subscription
 from iip.traceability.query_service import QueryService
@@ -40,73 +38,20 @@ from iip.traceability.subscriptions import (
     SubscriptionControlsError,
     SubscriptionRequest,
     SubscriptionService,
-    subscription_sealer,
 )
 from tests.api.support import assert_problem
 from tests.conftest import TenantFixture
 from tests.traceability.query_support import capture_events, epcis_document
-from tests.traceability.subscription_support import Clock, Receiver, object_event, running_receiver
-
-TOKEN = "subscriber-chosen-signing-key-0123456789"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with running_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def sealer(settings: Settings) -> Sealer:
-    return subscription_sealer(settings)
-
-
-@pytest.fixture
-async def delivery(migrated_db: Database, sealer: Sealer, clock: Clock) -> AsyncIterator[SubscriptionDelivery]:
-    running = SubscriptionDelivery(migrated_db, sealer, clock=clock, retry_base_s=1.0, retry_max_s=8.0)
-    yield running
-    await running.close()
-
-
-def actor(tenant_id: str, role: Role = Role.ADMIN) -> Principal:
-    return Principal("user", f"tester-{tenant_id}", "tester", tenant_id, role)
-
-
-def subscribe(
-    db: Database,
-    tenant_id: str,
-    url: str,
-    sealer: Sealer,
-    *,
-    query: dict[str, Any] | None = None,
-    **wanted: Any,
-) -> tuple[str, str]:
-    """A named query of the tenant and a subscription to it (a stream unless told otherwise): (id, query name)."""
-    with db.session() as session:
-        who = actor(tenant_id)
-        name = f"q-{uuid.uuid4().hex[:10]}"
-        QueryService(session, who).create_query(name, {"EQ_bizStep": ["shipping"]} if query is None else query)
-        request = SubscriptionRequest(destination=url, signature_token=TOKEN, **({"stream": True} | wanted))
-        return SubscriptionService(session, who).create(name, request, sealer).subscription.id, name
-
-
-def capture(db: Database, tenant_id: str, *events: dict[str, Any]) -> list[str]:
-    """Capture the events as one document; answers their eventIDs."""
-    with db.session() as session:
-        capture_events(session, tenant_id, events)
-    return [event["eventID"] for event in events]
-
-
-def stored(db: Database, subscription_id: str) -> Subscription:
-    with db.session() as session:
-        row = session.get(Subscription, subscription_id)
-        assert row is not None
-        return row
+from tests.traceability.subscription_support import (
+    TOKEN,
+    Clock,
+    Receiver,
+    Subscriber,
+    actor,
+    capture,
+    object_event,
+    stored,
+)
 
 
 def row_id(db: Database, tenant_id: str, event_id: str) -> int:
@@ -124,11 +69,16 @@ def delivered_ids(receiver: Receiver) -> list[str]:
 
 
 async def test_events_captured_after_subscribing_arrive_signed_in_order_once(
-    migrated_db: Database, tenant_a: TenantFixture, receiver: Receiver, delivery: SubscriptionDelivery, sealer: Sealer
+    subscriber: Subscriber,
+    migrated_db: Database,
+    tenant_a: TenantFixture,
+    receiver: Receiver,
+    delivery: SubscriptionDelivery,
+    sealer: Sealer,
 ) -> None:
     db, tenant = migrated_db, tenant_a.id
     before = capture(db, tenant, object_event())
-    subscription_id, query_name = subscribe(db, tenant, receiver.url, sealer)
+    subscription_id, query_name = subscriber.subscribe()
     first = capture(db, tenant, object_event(), object_event("receiving"), object_event())
     second = capture(db, tenant, object_event())
 
@@ -157,9 +107,14 @@ async def test_events_captured_after_subscribing_arrive_signed_in_order_once(
 
 
 async def test_a_backlog_goes_in_batches_in_order(
-    migrated_db: Database, tenant_a: TenantFixture, receiver: Receiver, sealer: Sealer, clock: Clock
+    subscriber: Subscriber,
+    migrated_db: Database,
+    tenant_a: TenantFixture,
+    receiver: Receiver,
+    sealer: Sealer,
+    clock: Clock,
 ) -> None:
-    subscription_id, _ = subscribe(migrated_db, tenant_a.id, receiver.url, sealer)
+    subscription_id, _ = subscriber.subscribe()
     ids = capture(migrated_db, tenant_a.id, *(object_event() for _ in range(5)))
     delivery = SubscriptionDelivery(migrated_db, sealer, clock=clock, batch=2)
     try:
@@ -172,6 +127,7 @@ async def test_a_backlog_goes_in_batches_in_order(
 
 
 async def test_a_refused_delivery_comes_again_and_the_cursor_moves_only_after_a_2xx(
+    subscriber: Subscriber,
     migrated_db: Database,
     tenant_a: TenantFixture,
     receiver: Receiver,
@@ -180,7 +136,7 @@ async def test_a_refused_delivery_comes_again_and_the_cursor_moves_only_after_a_
     clock: Clock,
 ) -> None:
     db, tenant = migrated_db, tenant_a.id
-    subscription_id, _ = subscribe(db, tenant, receiver.url, sealer)
+    subscription_id, _ = subscriber.subscribe()
     start = stored(db, subscription_id).after_event
     ids = capture(db, tenant, object_event(), object_event())
     receiver.answer(500)
@@ -212,6 +168,7 @@ async def test_a_refused_delivery_comes_again_and_the_cursor_moves_only_after_a_
 
 
 async def test_backoff_doubles_up_to_its_cap_and_never_skips(
+    subscriber: Subscriber,
     migrated_db: Database,
     tenant_a: TenantFixture,
     receiver: Receiver,
@@ -220,7 +177,7 @@ async def test_backoff_doubles_up_to_its_cap_and_never_skips(
     clock: Clock,
 ) -> None:
     db, tenant = migrated_db, tenant_a.id
-    subscription_id, _ = subscribe(db, tenant, receiver.url, sealer)
+    subscription_id, _ = subscriber.subscribe()
     start = stored(db, subscription_id).after_event
     ids = capture(db, tenant, object_event())
     receiver.answer(503, 503, 503, 503, 503)
@@ -243,9 +200,14 @@ async def test_backoff_doubles_up_to_its_cap_and_never_skips(
 
 
 async def test_a_413_halves_the_batch(
-    migrated_db: Database, tenant_a: TenantFixture, receiver: Receiver, sealer: Sealer, clock: Clock
+    subscriber: Subscriber,
+    migrated_db: Database,
+    tenant_a: TenantFixture,
+    receiver: Receiver,
+    sealer: Sealer,
+    clock: Clock,
 ) -> None:
-    subscription_id, _ = subscribe(migrated_db, tenant_a.id, receiver.url, sealer)
+    subscription_id, _ = subscriber.subscribe()
     ids = capture(migrated_db, tenant_a.id, *(object_event() for _ in range(4)))
     receiver.answer(413)
     delivery = SubscriptionDelivery(migrated_db, sealer, clock=clock, batch=4, retry_base_s=1.0)
@@ -260,6 +222,7 @@ async def test_a_413_halves_the_batch(
 
 
 async def test_a_schedule_delivers_at_its_times_and_reports_empty_results_when_asked(
+    subscriber: Subscriber,
     migrated_db: Database,
     tenant_a: TenantFixture,
     receiver: Receiver,
@@ -268,8 +231,8 @@ async def test_a_schedule_delivers_at_its_times_and_reports_empty_results_when_a
     clock: Clock,
 ) -> None:
     db, tenant = migrated_db, tenant_a.id
-    reporting, _ = subscribe(db, tenant, receiver.url, sealer, stream=None, schedule_seconds=60, report_if_empty=True)
-    quiet, _ = subscribe(db, tenant, receiver.url, sealer, stream=None, schedule_seconds=60)
+    reporting, _ = subscriber.subscribe(stream=None, schedule_seconds=60, report_if_empty=True)
+    quiet, _ = subscriber.subscribe(stream=None, schedule_seconds=60)
     ids = capture(db, tenant, object_event())
 
     assert (await delivery.run_round()).delivered == {}  # not yet time
@@ -294,9 +257,14 @@ async def test_a_schedule_delivers_at_its_times_and_reports_empty_results_when_a
 
 
 async def test_a_query_matching_nothing_moves_the_cursor_without_a_delivery(
-    migrated_db: Database, tenant_a: TenantFixture, receiver: Receiver, delivery: SubscriptionDelivery, sealer: Sealer
+    subscriber: Subscriber,
+    migrated_db: Database,
+    tenant_a: TenantFixture,
+    receiver: Receiver,
+    delivery: SubscriptionDelivery,
+    sealer: Sealer,
 ) -> None:
-    subscription_id, _ = subscribe(migrated_db, tenant_a.id, receiver.url, sealer, query={"EQ_bizStep": ["receiving"]})
+    subscription_id, _ = subscriber.subscribe(query={"EQ_bizStep": ["receiving"]})
     ids = capture(migrated_db, tenant_a.id, object_event(), object_event())
     assert (await delivery.run_round()).delivered == {}
     assert receiver.received == []
@@ -308,11 +276,16 @@ async def test_a_query_matching_nothing_moves_the_cursor_without_a_delivery(
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 async def test_an_event_committed_late_with_a_lower_id_is_not_skipped(
-    migrated_db: Database, tenant_a: TenantFixture, receiver: Receiver, delivery: SubscriptionDelivery, sealer: Sealer
+    subscriber: Subscriber,
+    migrated_db: Database,
+    tenant_a: TenantFixture,
+    receiver: Receiver,
+    delivery: SubscriptionDelivery,
+    sealer: Sealer,
 ) -> None:
     """PostgreSQL hands out ids when rows are inserted, but transactions commit in any order."""
     db, tenant = migrated_db, tenant_a.id
-    subscribe(db, tenant, receiver.url, sealer)
+    subscriber.subscribe()
     settled = capture(db, tenant, object_event())
     await delivery.run_round()
     assert delivered_ids(receiver) == settled
@@ -344,6 +317,7 @@ def row_id_in(session: Any, tenant_id: str, event_id: str) -> int:
 
 
 async def test_tenants_stay_apart(
+    subscriber: Subscriber,
     migrated_db: Database,
     tenant_a: TenantFixture,
     tenant_b: TenantFixture,
@@ -352,7 +326,7 @@ async def test_tenants_stay_apart(
     sealer: Sealer,
 ) -> None:
     db = migrated_db
-    subscription_id, query_name = subscribe(db, tenant_a.id, receiver.url, sealer, query={})  # every event
+    subscription_id, query_name = subscriber.subscribe(query={})  # every event
     others = capture(db, tenant_b.id, object_event())
     own = capture(db, tenant_a.id, object_event())
     await delivery.run_round()
@@ -376,11 +350,16 @@ async def test_tenants_stay_apart(
 
 
 async def test_unsubscribing_stops_delivery(
-    migrated_db: Database, tenant_a: TenantFixture, receiver: Receiver, delivery: SubscriptionDelivery, sealer: Sealer
+    subscriber: Subscriber,
+    migrated_db: Database,
+    tenant_a: TenantFixture,
+    receiver: Receiver,
+    delivery: SubscriptionDelivery,
+    sealer: Sealer,
 ) -> None:
     db, tenant = migrated_db, tenant_a.id
-    subscription_id, query_name = subscribe(db, tenant, receiver.url, sealer)
-    by_query, by_query_name = subscribe(db, tenant, receiver.url, sealer)
+    subscription_id, query_name = subscriber.subscribe()
+    by_query, by_query_name = subscriber.subscribe()
     first = capture(db, tenant, object_event())
     await delivery.run_round()
     assert delivered_ids(receiver) == first * 2
@@ -530,8 +509,9 @@ def test_initial_record_time_starts_delivery_at_events_recorded_since(
     with db.session() as session:
         [recorded] = session.scalars(select(Event.record_time).where(Event.event_id == earlier[0])).all()
     capture(db, tenant, object_event())
-    since, _ = subscribe(db, tenant, "http://127.0.0.1:9/x", sealer, initial_record_time=recorded)
-    fresh, _ = subscribe(db, tenant, "http://127.0.0.1:9/x", sealer)
+    unreached = Subscriber(db, tenant, "http://127.0.0.1:9/x", sealer)
+    since, _ = unreached.subscribe(initial_record_time=recorded)
+    fresh, _ = unreached.subscribe()
     assert stored(db, since).after_event == row_id(db, tenant, earlier[0]) - 1
     assert stored(db, fresh).after_event >= row_id(db, tenant, earlier[0]) + 1
 

@@ -14,8 +14,9 @@ duplicate: dropped and counted (the insert skips a hash the tenant holds, so two
 with one event store it once). The events of a job are written in one savepoint (all or none) with
 batched inserts, chunk by chunk as they are prepared (`capture_workers`: in worker processes for
 large documents, so preparing and writing overlap); the job row is written beside the savepoint
-and survives a failed write, so its status reads back. Everything runs before the call returns,
-so a job is finished when its id is handed out.
+and survives a failed write, so its status reads back. The header's master data (`master_data`) is
+written last in the same savepoint: kept when the job keeps its events, undone when it rolls back.
+Everything runs before the call returns, so a job is finished when its id is handed out.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from iip.kernel.auth import AccessService, Principal, new_id
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, DomainError, Invalid, NotFound
+from iip.traceability import master_data
 from iip.traceability.capture_storage import RepositoryRefused, insert_events, insert_lookups
 from iip.traceability.capture_validation import DocumentCheck, Syntax, check_document
 from iip.traceability.capture_workers import JobRows, Row, Stored, dumps, prepared_chunks, stored_time
@@ -85,6 +87,7 @@ class _Writer:
     def __init__(self, session: Session, tenant_id: str, job_id: str | None, check: DocumentCheck) -> None:
         self.session = session
         self.tenant_id = tenant_id
+        self.job_id = job_id
         text_times = session.get_bind().dialect.name != "postgresql"
         # Every row of the job carries these; the workers put them in, in the form the database takes.
         self.job = JobRows(
@@ -124,6 +127,16 @@ class _Writer:
             reports += [row + last for row in event_reports]
         insert_lookups(self.session, (epcs, links, reports))
         announce_capture(self.session, self.tenant_id)  # wakes subscription deliveries once committed
+
+    def write_master_data(self, check: DocumentCheck) -> None:
+        """The header's master data, in the events' savepoint: stored with them, or not at all."""
+        if not check.master_data:
+            return
+        if self.savepoint is None or not self.savepoint.is_active:
+            self.savepoint = self.session.begin_nested()
+        master_data.store(
+            self.session, self.tenant_id, check.master_data, check.document.context, job_id=self.job_id, now=utcnow()
+        )
 
     def commit(self) -> None:
         if self.savepoint is not None and self.savepoint.is_active:
@@ -206,6 +219,11 @@ class CaptureService:
                 writer.discard()
                 reason = type(err.orig).__name__ if isinstance(err, DBAPIError) else err.reason
                 refused = ValidationIssue("", f"the repository refused the events: {reason}")
+        if refused is None and not (issues and mode == "rollback"):
+            try:
+                writer.write_master_data(check)
+            except DBAPIError as err:
+                refused = ValidationIssue("", f"the repository refused the master data: {type(err.orig).__name__}")
         if refused is not None:
             issues.append(refused)
         if (issues and mode == "rollback") or refused is not None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from iip.api.deps import CurrentPrincipal, DbSession, audit_object, require
 from iip.api.documents import NO_NUL, TenantParam
 from iip.api.problems import problem_responses
 from iip.kernel.auth import Principal
-from iip.traceability.capture import CAPTURE_FILE_SIZE_LIMIT, CAPTURE_LIMIT, CaptureService, CaptureTooLarge
-from iip.traceability.capture_validation import Syntax
+from iip.traceability.capture import CaptureService, CaptureTooLarge
+from iip.traceability.document_body import LIMITS, CaptureBody, DeclaredSyntax, too_large_response
 from iip.traceability.schemas import CaptureJobOut
 
 router = APIRouter(prefix="/epcis", tags=["traceability"])
@@ -28,10 +28,6 @@ Reader = Annotated[Principal, Depends(require("traceability.read"))]
 Writer = Annotated[Principal, Depends(require("traceability.write"))]
 
 VERSIONS = {"GS1-EPCIS-Version": "2.0.0", "GS1-CBV-Version": "2.0.0"}
-LIMITS = {
-    "GS1-EPCIS-Capture-Limit": str(CAPTURE_LIMIT),
-    "GS1-EPCIS-Capture-File-Size-Limit": str(CAPTURE_FILE_SIZE_LIMIT),
-}
 DISCOVERY = {
     "Allow": "OPTIONS, POST, GET",
     "GS1-EPCIS-Min": "2.0.0",
@@ -42,10 +38,6 @@ DISCOVERY = {
     **VERSIONS,
     **LIMITS,
 }
-JSON_TYPES = frozenset({"application/json", "application/ld+json"})
-XML_TYPES = frozenset({"application/xml", "text/xml"})
-SNIFFED_TYPES = frozenset({"", "text/plain", "application/octet-stream"})
-
 DOCUMENT_BODY: dict[str, Any] = {
     "description": "An EPCISDocument or EPCISQueryDocument (or one event), JSON/JSON-LD or XML.",
     "required": True,
@@ -65,41 +57,6 @@ EVENT_BODY: dict[str, Any] = {
 }
 
 
-def _too_large(message: str) -> HTTPException:
-    return HTTPException(413, detail=message, headers=LIMITS)
-
-
-async def capture_body(request: Request) -> bytes:
-    """The request body, refused (413) as soon as it is known to pass the size limit."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > CAPTURE_FILE_SIZE_LIMIT:
-        raise _too_large(f"document of {declared} bytes; at most {CAPTURE_FILE_SIZE_LIMIT} are taken")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > CAPTURE_FILE_SIZE_LIMIT:
-            raise _too_large(f"document over {CAPTURE_FILE_SIZE_LIMIT} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-CaptureBody = Annotated[bytes, Depends(capture_body)]
-
-
-def declared_syntax(request: Request) -> Syntax | None:
-    """JSON or XML as the Content-Type says; None to tell from the body; 415 for any other type."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type in JSON_TYPES or media_type.endswith("+json"):
-        return "json"
-    if media_type in XML_TYPES or media_type.endswith("+xml"):
-        return "xml"
-    if media_type in SNIFFED_TYPES:
-        return None
-    raise HTTPException(415, detail=f"capture takes JSON or XML, not {media_type}")
-
-
-DeclaredSyntax = Annotated[Syntax | None, Depends(declared_syntax)]
 ErrorBehaviour = Annotated[
     str | None,
     Header(
@@ -146,7 +103,7 @@ def capture(
     try:
         job = CaptureService(session).capture(actor, body, syntax=syntax, mode=mode, tenant_id=tenant_id)
     except CaptureTooLarge as err:
-        raise _too_large(err.message) from None
+        raise too_large_response(err.message) from None
     audit_object(request, "capture_job", job.id)
     headers = {"Location": f"/epcis/capture/{job.id}", **VERSIONS}
     content = CaptureJobOut.of(job).model_dump(mode="json", by_alias=True)
@@ -199,7 +156,7 @@ def capture_one_event(
     try:
         row = CaptureService(session).capture_event(actor, body, syntax=syntax, tenant_id=tenant_id)
     except CaptureTooLarge as err:
-        raise _too_large(err.message) from None
+        raise too_large_response(err.message) from None
     audit_object(request, "event", row.event_id)
     headers = {"Location": f"/epcis/events/{quote(row.event_id, safe='')}", **VERSIONS}
     return JSONResponse({**row.body, "eventID": row.event_id}, status_code=201, headers=headers)

@@ -11,6 +11,8 @@ must validate tens of thousands of events a second. So:
 - XML is checked as `epcis.validation.validate` checks it (GS1's XSDs); each XSD finding is given to
   the event its XPath-like path names.
 - Then the rules no schema expresses, `epcis.validation.validate_events`, located by JSON pointer.
+- The header's master data (`epcis.master_data`), read into `master_data`; what the repository
+  cannot keep of it is the document's problem, located like the schema's findings.
 
 A problem outside every event (unreadable input, the envelope or header breaking the schema, an
 element the XSD does not allow in the event list) is the document's: it refuses the whole document.
@@ -39,6 +41,7 @@ from iip.traceability.epcis.documents import (
     parse_xml,
     read_document,
 )
+from iip.traceability.epcis.master_data import VocabularyElement, json_master_data, xml_master_data
 from iip.traceability.epcis.validation import ValidationIssue, validate, validate_events
 
 Syntax = Literal["json", "xml"]
@@ -66,6 +69,7 @@ class DocumentCheck:
     document_issues: list[ValidationIssue] = field(default_factory=list)
     found: dict[int, list[ValidationIssue]] = field(default_factory=dict)  # issues found with the document
     lazy: bool = False  # whether each event is still to be validated on its own
+    master_data: list[VocabularyElement] = field(default_factory=list)  # the header's, in document order
 
     def event_location(self, index: int) -> str:
         return f"{self.event_pointer}/{index}" if self.event_pointer else ""
@@ -186,7 +190,15 @@ def _check_json(data: bytes) -> DocumentCheck:
     document = EpcisDocument(type=kind, events=events, context=context, attributes=attributes)
     check = DocumentCheck(document, "json", _pointer(path), lazy=True)
     check.document_issues += _schema_issues(document_validator(), envelope, "")
+    check.master_data, issues = json_master_data(parsed.get("epcisHeader"))
+    _add_master_data_issues(check, issues, "/epcisHeader")
     return check
+
+
+def _add_master_data_issues(check: DocumentCheck, issues: list[ValidationIssue], header: str) -> None:
+    """The master data's own problems, unless the schema found the header wrong already (it says it better)."""
+    if not any(header in i.location for i in check.document_issues):
+        check.document_issues += issues
 
 
 def _without_events(parsed: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, Any], list[Any]]:
@@ -247,6 +259,9 @@ def _check_xml(data: bytes, max_bytes: int) -> DocumentCheck:
                 check.document_issues.append(issue)
             else:
                 check.found.setdefault(index, []).append(issue)
+    if b"VocabularyList" in data:  # a header with master data: the only reason to walk the tree again
+        check.master_data, issues = xml_master_data(parse_xml(data))
+        _add_master_data_issues(check, issues, "/EPCISHeader")
     return check
 
 

@@ -1,4 +1,4 @@
-"""`iip trace ...`: capture, events, genealogy, recall."""
+"""`iip trace ...`: capture, events, genealogy, recall, master data."""
 
 from __future__ import annotations
 
@@ -19,3 +19,7 @@ trace_app.command("capture")(capture_command)
 from iip.traceability.query_cli import events_command  # noqa: E402
 
 trace_app.command("events")(events_command)
+
+from iip.traceability.master_data_cli import master_data_command  # noqa: E402
+
+trace_app.command("masterdata")(master_data_command)

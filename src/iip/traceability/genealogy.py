@@ -35,6 +35,7 @@ from iip.kernel.auth import AccessService, Principal
 from iip.kernel.errors import Conflict, Forbidden, Invalid, NotFound
 from iip.traceability.epcis import identifiers
 from iip.traceability.epcis.documents import CBV_WEB
+from iip.traceability.indexing import checked_identifier
 from iip.traceability.models import Event, EventEpc, EventLink
 
 Direction = Literal["backward", "forward"]
@@ -105,6 +106,7 @@ class Genealogy:
     via: dict[str, str] = field(default_factory=dict)  # node -> the node it was first reached from
     quantities: dict[str, tuple[float | None, str | None]] = field(default_factory=dict)  # class node -> (q, uom)
     whereabouts: dict[str, Whereabouts] = field(default_factory=dict)  # forward traces only
+    tenant_id: str | None = None  # the tenant walked
     _kinds: dict[str, Kind] | None = field(default=None, repr=False, compare=False)
 
     def lot_of(self, node: str) -> str | None:
@@ -120,17 +122,6 @@ class Genealogy:
             seen.add(current)
             current = self.via.get(current)
         return None
-
-
-def canonical_identifier(value: str) -> str:
-    """The canonical form of an EPC URN, EPC class URN or Digital Link; Invalid when it is a broken GS1 one."""
-    text = value.strip()
-    if not text:
-        raise Invalid("an identifier is required", code="identifier_required")
-    try:
-        return identifiers.canonical(text)
-    except identifiers.IdentifierError as exc:
-        raise Invalid(str(exc), code="invalid_identifier") from None
 
 
 def identifier_kind(canonical: str) -> Kind:
@@ -352,6 +343,7 @@ def walk(
         truncated,
         via,
         quantities,
+        tenant_id=tenant_id,
     )
 
 
@@ -523,7 +515,7 @@ def trace(
     principal.require("traceability.read")
     if max_depth < 1:
         raise Invalid("maxDepth must be at least 1", code="invalid_depth")
-    root = canonical_identifier(identifier)
+    root = checked_identifier(identifier)
     tenant_id = tenant_for(session, principal, root, tenant)
     require_known(session, tenant_id, root)
     genealogy = walk(session, tenant_id, root, direction, max_depth=max_depth, max_nodes=max_nodes)

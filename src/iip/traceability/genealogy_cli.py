@@ -21,7 +21,8 @@ from iip.traceability import genealogy, recall
 Tenant = Annotated[str, typer.Option("--tenant", help="Tenant name.")]
 
 
-def _principal(session: Session, tenant: str) -> Principal:
+def tenant_admin(session: Session, tenant: str) -> Principal:
+    """An administrator of the tenant named, acting as the operator at the console."""
     found = AccessService(session).tenant_by_name(tenant)
     who = cli_principal().removeprefix("cli:")
     return Principal("cli", who, who, found.id, Role.ADMIN)
@@ -39,7 +40,7 @@ def genealogy_command(
     from iip.traceability.genealogy_router import genealogy_view
 
     with unit_of_work(ctx) as session:
-        principal = _principal(session, tenant)
+        principal = tenant_admin(session, tenant)
         result = genealogy.trace(session, principal, epc, "forward" if forward else "backward", max_depth=max_depth)
     if as_json:
         typer.echo(genealogy_view(result).model_dump_json(indent=2))
@@ -73,7 +74,7 @@ def recall_command(
     if csv_file is not None and xlsx_file is not None:
         raise fail("give --csv or --xlsx, not both")
     with unit_of_work(ctx) as session:
-        principal = _principal(session, tenant)
+        principal = tenant_admin(session, tenant)
         subject = {"serial": lot} if is_serial else {"lot": lot}
         result = recall.recall(session, principal, **subject)
     target, export_format = (csv_file, "csv") if csv_file is not None else (xlsx_file, "xlsx")

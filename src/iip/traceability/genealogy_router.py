@@ -73,7 +73,9 @@ class RecallRowOut(BaseModel):
     criticalTrackingEvent: str  # noqa: N815
     eventDate: str  # noqa: N815
     location: str
+    locationDescription: str  # noqa: N815 - the location's name and address from master data, else its GLN
     owner: str
+    ownerName: str  # noqa: N815 - the owner's name and address from master data, when known
     disposition: str
     shipFrom: str  # noqa: N815
     shipTo: str  # noqa: N815
@@ -182,7 +184,9 @@ def get_recall(
             criticalTrackingEvent=r.critical_tracking_event,
             eventDate=r.event_date,
             location=r.location_identifier,
+            locationDescription=r.location_description,
             owner=r.owner,
+            ownerName=r.owner_name,
             disposition=r.disposition,
             shipFrom=r.ship_from_location,
             shipTo=r.ship_to_location,

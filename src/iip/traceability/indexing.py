@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from iip.kernel.errors import Invalid
 from iip.traceability.epcis import identifiers
 from iip.traceability.epcis.documents import CBV_WEB, GS1_VOC, normalise_measurement_type, normalise_vocabulary
 from iip.traceability.models import IDENTIFIER_LENGTH, VOCABULARY_LENGTH
@@ -117,11 +118,23 @@ class IndexedEvent:
 
 @lru_cache(maxsize=65_536)
 def canonical_identifier(value: str) -> str:
-    """The matching form of an identifier; one that is malformed (validation reports it) stays as written."""
+    """The matching form of an identifier as stored; one that is malformed (validation reports it) stays
+    as written, stripped. For an identifier someone asks about, `checked_identifier`."""
     try:
         return identifiers.canonical(value).strip()
     except identifiers.IdentifierError:
         return value.strip()
+
+
+def checked_identifier(value: str) -> str:
+    """The matching form of an identifier asked about (a trace, a recall): Invalid when it is empty or a
+    broken GS1 identifier or handle, which no stored row can match."""
+    if not value.strip():
+        raise Invalid("an identifier is required", code="identifier_required")
+    try:
+        return identifiers.canonical(value).strip()
+    except identifiers.IdentifierError as exc:
+        raise Invalid(str(exc), code="invalid_identifier") from None
 
 
 def _expand_curie(value: str, context: dict[str, str]) -> str:

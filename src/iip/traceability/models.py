@@ -185,3 +185,28 @@ class Subscription(Base):
     active: Mapped[bool] = mapped_column(default=True)
     created_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MasterDataElement(Base):
+    """One element of one vocabulary of a tenant's EPCIS master data, as captured in document headers.
+
+    `attributes` are the JSON binding's `{"id", "attribute"}` pairs as captured, the newest capture
+    of each attribute id winning; `children` are those of the newest capture that listed any.
+    """
+
+    __tablename__ = "traceability_master_data"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "vocabulary_type", "element_key", name="uq_traceability_master_data_element"),
+        Index("ix_traceability_master_data_tenant_element_key", "tenant_id", "element_key"),
+    )
+
+    id: Mapped[int] = mapped_column(_EVENT_PK, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("kernel_tenant.id", ondelete="CASCADE"))
+    vocabulary_type: Mapped[str] = mapped_column(String(VOCABULARY_LENGTH))  # as captured
+    element_key: Mapped[str] = mapped_column(String(IDENTIFIER_LENGTH))  # canonical (epcis.master_data.lookup_key)
+    element_id: Mapped[str] = mapped_column(String(IDENTIFIER_LENGTH))  # as the newest capture wrote it
+    attributes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    children: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    context: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # prefixes the attribute values use
+    capture_job_id: Mapped[str | None] = mapped_column(String(32), default=None)  # the newest capture
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -12,6 +12,7 @@ from iip.traceability.authenticity.router import router as authenticity_router
 from iip.traceability.capture_router import router as capture_router
 from iip.traceability.genealogy_router import router as genealogy_router
 from iip.traceability.lifespan import traceability_lifespan
+from iip.traceability.master_data_router import router as master_data_router
 from iip.traceability.pages import PAGES, TEMPLATE_DIR, pages_router
 from iip.traceability.profiles_router import router as profiles_router
 from iip.traceability.query_router import router as query_router
@@ -23,6 +24,7 @@ router.include_router(capture_router)
 router.include_router(genealogy_router)
 router.include_router(query_router)
 router.include_router(profiles_router)
+router.include_router(master_data_router)
 router.include_router(subscriptions_router)
 
 module = Module(

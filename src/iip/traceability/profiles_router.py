@@ -15,7 +15,8 @@ from iip.api.deps import require
 from iip.api.problems import problem_responses
 from iip.kernel.auth import Principal
 from iip.kernel.errors import Invalid
-from iip.traceability.capture_router import DOCUMENT_BODY, CaptureBody, DeclaredSyntax
+from iip.traceability.capture_router import DOCUMENT_BODY
+from iip.traceability.document_body import CaptureBody, DeclaredSyntax
 from iip.traceability.profiles import reports, service
 from iip.traceability.profiles.model import KEY, Profile, list_profiles, load_profile
 from iip.traceability.profiles.schemas import CheckOut, ProfileSummaryOut, ReportOut, TableOut

@@ -3,15 +3,20 @@
 The export follows the FDA's FSMA 204 electronic sortable spreadsheet: one row per affected
 identifier with its traceability lot code, product, quantity and unit of measure, the critical
 tracking event it was last seen in with its date and location, ship-from and ship-to, the
-reference document, and its owner and disposition. The repository holds no master data yet, so
-product and location descriptions are the identifiers (GTIN, GLN) rather than names.
+reference document, and its owner and disposition. Where the tenant's master data names the
+location or the owner (`master_data`), the location description and the owner name carry the name
+and address; else the location is described by its GLN. The headings and the reference document
+labels of the columns the FSMA 204 profile's spreadsheet also has are the profile's
+(`profiles.reports.spreadsheet_columns`): one source for both spreadsheets.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import cache
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -19,9 +24,13 @@ from sqlalchemy.orm import Session
 
 from iip.kernel.auth import Principal
 from iip.kernel.errors import Invalid
+from iip.traceability import master_data
 from iip.traceability.epcis import identifiers
 from iip.traceability.epcis.documents import CBV_WEB
-from iip.traceability.genealogy import Genealogy, Node, canonical_identifier, identifier_kind, trace
+from iip.traceability.epcis.master_data import Description
+from iip.traceability.genealogy import Genealogy, Node, identifier_kind, trace
+from iip.traceability.indexing import checked_identifier
+from iip.traceability.profiles.reports import spreadsheet_columns
 
 ExportFormat = Literal["csv", "xlsx"]
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -36,16 +45,6 @@ _CTE_BY_STEP = {
     "commissioning": "Initial Packing",
     "creating_class_instance": "Initial Packing",
     "packing": "Packing",
-}
-_REFERENCE_TYPES = {
-    "bol": "Bill of Lading",
-    "desadv": "Advance Shipping Notice",
-    "inv": "Invoice",
-    "po": "Purchase Order",
-    "poc": "Purchase Order Confirmation",
-    "prodorder": "Production Order",
-    "recadv": "Receiving Advice",
-    "rma": "Return Merchandise Authorisation",
 }
 
 
@@ -65,6 +64,7 @@ class RecallRow:
     location_description: str
     location_identifier: str
     owner: str
+    owner_name: str
     disposition: str
     ship_from_location: str
     ship_to_location: str
@@ -74,28 +74,31 @@ class RecallRow:
     hops: int
 
 
-COLUMNS = (
-    "Traceability Lot Code",
-    "Product GTIN",
-    "Product Description",
-    "Affected Identifier",
-    "Identifier Type",
-    "Quantity",
-    "Unit of Measure",
-    "Critical Tracking Event",
-    "Event Date",
-    "Location Description",
-    "Location Identifier",
-    "Owner",
-    "Disposition",
-    "Ship-From Location",
-    "Ship-To Location",
-    "Reference Document Type",
-    "Reference Document Number",
-    "Reached Through",
-    "Hops",
-)
-assert len(COLUMNS) == len(fields(RecallRow))  # noqa: S101 - the header and the row must stay in step
+# The headings of the columns the FSMA 204 spreadsheet lacks; the others are the profile's.
+_OWN_HEADINGS = {
+    "affected_identifier": "Affected Identifier",
+    "identifier_type": "Identifier Type",
+    "owner": "Owner",
+    "owner_name": "Owner Name",
+    "disposition": "Disposition",
+    "reached_through": "Reached Through",
+    "hops": "Hops",
+}
+_FIELD_NAMES = tuple(f.name for f in fields(RecallRow))
+
+
+def _headings() -> tuple[str, ...]:
+    shared = {column.key: column.heading for column in spreadsheet_columns()}
+    return tuple(shared.get(name) or _OWN_HEADINGS[name] for name in _FIELD_NAMES)
+
+
+COLUMNS = _headings()  # the spreadsheet's header, in the row's field order
+
+
+@cache
+def _reference_types() -> dict[str, str]:
+    """Business transaction types as the spreadsheet names them (`bol` → Bill of Lading), from the profile."""
+    return next(c.labels for c in spreadsheet_columns() if c.key == "reference_document_type")
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Recall:
     kind: str  # class (a lot) or instance (a serial)
     genealogy: Genealogy
     rows: list[RecallRow]
+    names: dict[str, Description] = field(default_factory=dict)  # locations and owners, from master data
 
 
 def _ai_value(canonical: str, ai: str) -> str:
@@ -152,8 +156,24 @@ def _number(value: float | None) -> float | int | None:
     return int(value) if float(value).is_integer() else value
 
 
-def rows_of(genealogy: Genealogy) -> list[RecallRow]:
-    """The spreadsheet's rows for a located forward genealogy, sorted by lot, then identifier."""
+def spoken(description: Description | None) -> str:
+    """A master data description as one cell: `name, address`, whichever is known."""
+    if description is None:
+        return ""
+    return ", ".join(part for part in (description.name, description.address) if part)
+
+
+def _location_description(location: str | None, names: Mapping[str, Description]) -> str:
+    if not location:
+        return ""
+    return spoken(names.get(location)) or f"GLN {_gln(location)}"
+
+
+def rows_of(genealogy: Genealogy, names: Mapping[str, Description] | None = None) -> list[RecallRow]:
+    """The spreadsheet's rows for a located forward genealogy, sorted by lot, then identifier; `names`
+    (identifier → master data description) names locations and owners."""
+    known = names or {}
+    references = _reference_types()
     rows: list[RecallRow] = []
     for node in genealogy.nodes:
         where = genealogy.whereabouts.get(node.id)
@@ -177,13 +197,14 @@ def rows_of(genealogy: Genealogy) -> list[RecallRow]:
                     where.biz_step if where else None, where.last_event_type if where else None
                 ),
                 event_date=where.last_event_time.isoformat() if where and where.last_event_time else "",
-                location_description=f"GLN {_gln(where.location)}" if where and where.location else "",
+                location_description=_location_description(where.location, known) if where else "",
                 location_identifier=where.location or "" if where else "",
                 owner=where.owner or "" if where else "",
+                owner_name=spoken(known.get(where.owner or "")) if where else "",
                 disposition=_term(where.disposition, "Disp-") if where else "",
                 ship_from_location=where.ship_from or "" if where else "",
                 ship_to_location=where.ship_to or "" if where else "",
-                reference_document_type=_REFERENCE_TYPES.get(
+                reference_document_type=references.get(
                     _term(where.reference_type, "BTT-"), _term(where.reference_type, "BTT-")
                 )
                 if where
@@ -210,17 +231,21 @@ def recall(
         raise Invalid("name either a lot or a serial", code="recall_subject")
     given = lot if lot is not None else serial
     assert given is not None  # noqa: S101 - one of the two, checked above
-    root = canonical_identifier(given)
+    root = checked_identifier(given)
     kind = identifier_kind(root)
     if lot is not None and kind != "class":
         raise Invalid(f"{given} is not a lot (an LGTIN or GTIN class)", code="not_a_lot")
     if serial is not None and kind != "instance":
         raise Invalid(f"{given} is a class, not a serial", code="not_a_serial")
     genealogy = trace(session, principal, root, "forward", tenant=tenant)
-    return Recall(root, kind, genealogy, rows_of(genealogy))
+    names = whereabouts_names(session, genealogy)
+    return Recall(root, kind, genealogy, rows_of(genealogy, names), names)
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(RecallRow))
+def whereabouts_names(session: Session, genealogy: Genealogy) -> dict[str, Description]:
+    """What the traced tenant's master data says of the locations and owners of a located genealogy."""
+    places = {value for where in genealogy.whereabouts.values() for value in (where.location, where.owner) if value}
+    return master_data.descriptions(session, genealogy.tenant_id, sorted(places))
 
 
 def cells(row: RecallRow) -> list[Any]:

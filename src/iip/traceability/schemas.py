@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from iip.traceability.models import CaptureJob
+from iip.traceability.models import CaptureJob, MasterDataElement
 
 VALIDATION_EXCEPTION = "epcisException:ValidationException"
 
@@ -61,3 +61,42 @@ class CaptureJobOut(BaseModel):
 
 def _error(stored: dict[str, Any]) -> CaptureErrorOut:
     return CaptureErrorOut(detail=str(stored.get("message", "")), location=str(stored.get("location", "")))
+
+
+class MasterDataAttributeOut(BaseModel):
+    """One attribute as the EPCIS JSON binding writes it: its id and its value as captured."""
+
+    id: str = Field(examples=["urn:epcglobal:cbv:mda#name"])
+    attribute: Any = Field(default=None, examples=["Distribution centre Nord"])
+
+
+class MasterDataElementOut(BaseModel):
+    """A vocabulary element of the tenant's master data, in the JSON binding's shape, with where it came from."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    type: str = Field(description="the vocabulary type", examples=["urn:epcglobal:epcis:vtype:BusinessLocation"])
+    id: str = Field(
+        description="the element id as the newest capture wrote it", examples=["urn:epc:id:sgln:0037000.00729.0"]
+    )
+    attributes: list[MasterDataAttributeOut]
+    children: list[str] | None = Field(default=None, description="child element ids, when a capture gave any")
+    context: dict[str, str] = Field(
+        default_factory=dict, alias="@context", description="prefixes the attribute values use → their namespaces"
+    )
+    capture_id: str | None = Field(default=None, alias="captureID", description="the newest capture that gave it")
+    updated_at: dt.datetime = Field(alias="updatedAt")
+
+    @classmethod
+    def of(cls, row: MasterDataElement) -> MasterDataElementOut:
+        return cls(
+            type=row.vocabulary_type,
+            id=row.element_id,
+            attributes=[
+                MasterDataAttributeOut(id=str(a.get("id")), attribute=a.get("attribute")) for a in row.attributes
+            ],
+            children=row.children,
+            context=row.context or {},
+            capture_id=row.capture_job_id,
+            updated_at=row.updated_at,
+        )

@@ -1,8 +1,9 @@
-"""Console pages of the EPCIS repository: capture by upload, event search, a product's trace, recall.
+"""Console pages of the EPCIS repository: capture by upload or paste, event search, a product's trace, recall.
 
-- `/traceability/capture`: upload an EPCIS document (JSON/JSON-LD or XML) in rollback or proceed
-  mode through `CaptureService`, as `POST /epcis/capture` does; a refused document lists every
-  problem with its location. The capture jobs, newest first, a page at a time.
+- `/traceability/capture`: upload an EPCIS document (JSON/JSON-LD or XML), or paste one, in
+  rollback or proceed mode through `CaptureService`, as `POST /epcis/capture` does (the body read by
+  `document_body`, as the API reads it); a refused document lists every problem with its location.
+  The capture jobs, newest first, a page at a time.
 - `/traceability/events`: the standard query's most used parameters as a form (the fields carry
   the parameters' own names, so a search's address is the API's query string), run by
   `QueryService` a page at a time with its page tokens; one event with its fields and raw JSON-LD.
@@ -39,7 +40,7 @@ from iip.console.forms import FormState, clean_filter, format_number, page_numbe
 from iip.console.web import N_, ConsoleIdentity, console_permission, csrf_protect, redirect, render
 from iip.kernel.errors import DomainError, Invalid
 from iip.kernel.module import Page
-from iip.traceability import genealogy, recall
+from iip.traceability import document_body, genealogy, master_data, recall
 from iip.traceability.capture import (
     CAPTURE_FILE_SIZE_LIMIT,
     MODES,
@@ -47,9 +48,12 @@ from iip.traceability.capture import (
     CaptureTooLarge,
     DocumentRejected,
 )
+from iip.traceability.capture_validation import Syntax
 from iip.traceability.epcis.documents import EVENT_TYPES
 from iip.traceability.epcis.identifiers import DL_BASE
+from iip.traceability.epcis.master_data import Description
 from iip.traceability.genealogy import Genealogy, Whereabouts
+from iip.traceability.indexing import checked_identifier
 from iip.traceability.models import CaptureJob, Event
 from iip.traceability.query import CLASS_ROLES, INSTANCE_ROLES, EpcMatch, EventQuery, QueryPage, parse_query
 from iip.traceability.query_service import QueryService
@@ -177,23 +181,45 @@ def _capture_context(session: Session, identity: ConsoleIdentity, token: str = "
 @pages_router.get(CAPTURE_PATH, response_class=HTMLResponse)
 def capture_page(request: Request, identity: Reader, session: DbSession, jobs: str = "") -> HTMLResponse:
     context = _capture_context(session, identity, clean_filter(jobs, 200))
-    return render(request, f"{TEMPLATES}/capture.html", {**context, "form": {"mode": "rollback"}, "errors": {}})
+    form = {"mode": "rollback", "text": ""}
+    return render(request, f"{TEMPLATES}/capture.html", {**context, "form": form, "errors": {}})
 
 
-def _read_upload(document: UploadFile | None, form: FormState) -> bytes:
-    if document is None or not document.filename:
-        form.error("document", N_("Choose an EPCIS document to upload (JSON, JSON-LD or XML)."))
-        return b""
-    data = document.file.read(CAPTURE_FILE_SIZE_LIMIT + 1)
-    if not data:
-        form.error("document", N_("The file is empty."))
-    elif len(data) > CAPTURE_FILE_SIZE_LIMIT:
-        form.error(
-            "document",
-            N_("The file is larger than %(size)s MB: split it into several documents."),
-            size=CAPTURE_FILE_SIZE_LIMIT // (1024 * 1024),
-        )
-    return data
+# Why a body is no document to read (`document_body.BodyRefused`), for an upload and for pasted text.
+UPLOAD_REFUSALS: dict[str, str] = {
+    "empty": N_("The file is empty."),
+    "too_large": N_("The file is larger than %(size)s MB: split it into several documents."),
+    "media_type": N_("Not an EPCIS document: upload JSON, JSON-LD or XML."),
+}
+PASTE_REFUSALS: dict[str, str] = {
+    "empty": N_("The pasted text is empty."),
+    "too_large": N_("The pasted text is larger than %(size)s MB: split it into several documents."),
+    "not_text": N_("The pasted text holds characters that are not Unicode."),
+}
+
+
+def _submitted(document: UploadFile | None, text: str, form: FormState) -> tuple[bytes, Syntax | None]:
+    """The document the form carries, uploaded or pasted (one, not both), and the syntax its file type declares."""
+    uploaded = document is not None and bool(document.filename)
+    if uploaded and text.strip():
+        form.error("document", N_("Upload a file or paste a document, not both."))
+        return b"", None
+    if not uploaded and not text.strip():
+        form.error("document", N_("Choose an EPCIS document to upload, or paste one (JSON, JSON-LD or XML)."))
+        return b"", None
+    size = CAPTURE_FILE_SIZE_LIMIT // (1024 * 1024)
+    if document is not None and uploaded:
+        try:
+            syntax = document_body.media_type_syntax(document.content_type)
+            return document_body.read_file(document.file), syntax
+        except document_body.BodyRefused as refused:
+            form.error("document", UPLOAD_REFUSALS[refused.reason], size=size)
+            return b"", None
+    try:
+        return document_body.pasted(text), None
+    except document_body.BodyRefused as refused:
+        form.error("text", PASTE_REFUSALS[refused.reason], size=size)
+        return b"", None
 
 
 @pages_router.post(CAPTURE_PATH, dependencies=CSRF)
@@ -203,24 +229,24 @@ def upload_document(
     identity: Writer,
     session: DbSession,
     document: Annotated[UploadFile | None, File()] = None,
+    text: FormText = "",
     mode: FormText = "rollback",
 ) -> Response:
-    """Capture an uploaded document; its job's page, or the form again with every problem located."""
-    form = FormState({"mode": mode if mode in MODES else "rollback"})
-    data = _read_upload(document, form)
+    """Capture an uploaded or pasted document; its job's page, or the form again with every problem located."""
+    form = FormState({"mode": mode if mode in MODES else "rollback", "text": text})
+    data, syntax = _submitted(document, text, form)
+    field = "text" if text.strip() else "document"
     refused: list[dict[str, Any]] = []
     if form.ok:
         try:
-            job = CaptureService(session).capture(identity.principal, data, mode=form.values["mode"])
+            job = CaptureService(session).capture(identity.principal, data, syntax=syntax, mode=form.values["mode"])
         except DocumentRejected as err:
-            form.error(
-                "document", N_("The document was refused and nothing was stored: %(reason)s"), reason=err.message
-            )
+            form.error(field, N_("The document was refused and nothing was stored: %(reason)s"), reason=err.message)
             refused = list(err.details.get("errors") or [])
         except CaptureTooLarge as err:
-            _error_message(form, "document", err, N_("Too large to capture at once: %(reason)s"))
+            _error_message(form, field, err, N_("Too large to capture at once: %(reason)s"))
         except DomainError as err:
-            _error_message(form, "document", err, N_("Not captured: %(reason)s"))
+            _error_message(form, field, err, N_("Not captured: %(reason)s"))
         else:
             audit_object(request, "capture_job", job.id)
             notice = N_("The document was captured.") if job.success else None
@@ -394,9 +420,12 @@ def event_page(
         )
         for event in events
     ]
-    return render(
-        request, f"{TEMPLATES}/event.html", {"page_title": N_("EPCIS event"), "shown": shown, **_shared(identity)}
-    )
+    names: dict[str, Description] = {}
+    for event in events:  # each event in its own tenant's words (a platform operator may see several)
+        places = [event.read_point, event.biz_location, *(link.value for link in views.links_of(event.body))]
+        names.update(master_data.descriptions(session, event.tenant_id, places))
+    context = {"page_title": N_("EPCIS event"), "shown": shown, "names": names, **_shared(identity)}
+    return render(request, f"{TEMPLATES}/event.html", context)
 
 
 # --- a product's trace
@@ -522,6 +551,14 @@ def _node_rows(result: Genealogy) -> list[dict[str, Any]]:
     return rows
 
 
+def _trace_names(session: Session, result: Trace) -> dict[str, Description]:
+    """Names and addresses of the places and owners a trace page shows, from the traced tenant's master data."""
+    located = [*result.forward.whereabouts.values(), *result.backward.whereabouts.values()]
+    places = [value for where in located for value in (where.location, where.owner)]
+    places += [event.biz_location or event.read_point for event in result.events.events]
+    return master_data.descriptions(session, result.forward.tenant_id, places)
+
+
 @pages_router.get(TRACE_PATH, response_class=HTMLResponse)
 def trace_page(
     request: Request, identity: Reader, session: DbSession, epc: str = "", after: str = "", page: str = ""
@@ -552,6 +589,7 @@ def trace_page(
         recall_url=url_with(RECALL_PATH, {"identifier": result.root}),
         node_limit=TRACE_NODE_LIMIT,
         root_label=views.short_label(result.root, 60),
+        names=_trace_names(session, result),
     )
     return render(request, f"{TEMPLATES}/trace.html", context)
 
@@ -574,7 +612,7 @@ def recall_subject(identifier: str, gtin: str, lot: str, form: FormState) -> tup
     if not identifier:
         return None
     try:
-        kind = genealogy.identifier_kind(genealogy.canonical_identifier(identifier))
+        kind = genealogy.identifier_kind(checked_identifier(identifier))
     except DomainError as err:
         _error_message(form, "identifier", err, N_("Not a valid identifier: %(reason)s"))
         return None
@@ -645,6 +683,7 @@ def recall_page(
                 csv_url=url_with(RECALL_EXPORT_PATH, {**given, "format": "csv"}),
                 xlsx_url=url_with(RECALL_EXPORT_PATH, {**given, "format": "xlsx"}),
                 identifier_types=IDENTIFIER_TYPE_LABELS,
+                names=result.names,
                 cte_labels=CTE_LABELS,
                 disposition_labels=views.DISPOSITION_LABELS,
                 biz_step_labels=views.BIZ_STEP_LABELS,
