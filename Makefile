@@ -32,9 +32,11 @@ typecheck: $(VENV)/.installed-dev
 contracts: $(VENV)/.installed-dev
 	PYTHONPATH=tools $(BIN)/lint-imports
 
-# One worker per core: the suite is dominated by real databases, brokers and subprocesses.
+# Two workers per core: most of a test's time is spent waiting on real databases, brokers and subprocesses.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) * 2 )))
+
 pytest: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache
