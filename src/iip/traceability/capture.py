@@ -35,7 +35,7 @@ from iip.kernel.auth import AccessService, Principal, new_id
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, DomainError, Invalid, NotFound
 from iip.traceability import master_data
-from iip.traceability.capture_storage import RepositoryRefused, insert_events, insert_lookups
+from iip.traceability.capture_storage import RepositoryRefused, capture_page_cache, insert_events, insert_lookups
 from iip.traceability.capture_validation import DocumentCheck, Syntax, check_document
 from iip.traceability.capture_workers import JobRows, Row, Stored, dumps, prepared_chunks, stored_time
 from iip.traceability.epcis.documents import EVENT_TYPES, MAX_DOCUMENT_BYTES, EpcisFormatError
@@ -206,8 +206,14 @@ class CaptureService:
         )
         self.session.add(job)
         self.session.flush()
-        issues: list[ValidationIssue] = []
         writer = _Writer(self.session, tenant, job.id, check)
+        with capture_page_cache(self.session, len(events)):
+            issues = self._write(writer, check, mode)
+        return self._finish(job, issues, stored=len(writer.stored), duplicates=writer.duplicates)
+
+    def _write(self, writer: _Writer, check: DocumentCheck, mode: str) -> list[ValidationIssue]:
+        """Prepare and write a document's events and master data as the mode says: every problem found."""
+        issues: list[ValidationIssue] = []
         refused: ValidationIssue | None = None
         for chunk in prepared_chunks(check, writer.job):
             issues += [ValidationIssue(where, message) for where, message in chunk.problems]
@@ -230,7 +236,7 @@ class CaptureService:
             writer.discard()
         else:
             writer.commit()
-        return self._finish(job, issues, stored=len(writer.stored), duplicates=writer.duplicates)
+        return issues
 
     def capture_event(
         self, actor: Principal, data: bytes, *, syntax: Syntax | None = None, tenant_id: str | None = None

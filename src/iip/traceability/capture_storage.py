@@ -10,16 +10,24 @@ SQLAlchemy's per-row work would cost more than the database's, so rows go to the
 
 Both run in the caller's transaction (and savepoint). An event whose hash the tenant holds already,
 a concurrent capture's too, is skipped by the database, not the caller.
+
+On SQLite a job's inserts touch index pages all over ten B-trees (random hashes and identifiers):
+with the default 2 MiB page cache, pages are evicted and read back within the transaction. A
+capture widens its connection's cache (`capture_page_cache`) while it writes, and gives the
+connection back with its own size.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import lru_cache
+from itertools import chain
 from typing import Any, cast
 
 from sqlalchemy import JSON, Column, Table, TypeDecorator
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from iip.traceability.capture_workers import EPC_COLUMNS, EVENT_COLUMNS, LINK_COLUMNS, SENSOR_COLUMNS, Row
@@ -30,6 +38,10 @@ _EVENT_EPC = cast("Table", EventEpc.__table__)
 _EVENT_LINK = cast("Table", EventLink.__table__)
 _SENSOR_REPORT = cast("Table", SensorReport.__table__)
 _EVENTS_PER_INSERT = 500  # rows per multi-row INSERT on SQLite: 15 parameters each, within its 32,766
+# SQLite page cache while a capture writes, KiB: a job of 5,000 events on a 50,000-event repository
+# took 67 µs of SQLite's CPU per event with the default cache, 59 with 16 MiB, 54 with 32, 50 with 64, 55 with 256.
+CAPTURE_PAGE_CACHE_KIB = 65_536
+WIDE_CACHE_MIN_EVENTS = 1_000  # fewer fit the default cache: the three PRAGMAs would cost more than they save
 _ON_CONFLICT = "ON CONFLICT (tenant_id, event_hash) DO NOTHING RETURNING id, event_hash"
 # The lookup tables with their columns, in the order `capture_workers` builds their rows.
 LOOKUPS = ((_EVENT_EPC, EPC_COLUMNS), (_EVENT_LINK, LINK_COLUMNS), (_SENSOR_REPORT, SENSOR_COLUMNS))
@@ -71,6 +83,27 @@ class RepositoryRefused(Exception):
         self.reason = reason
 
 
+@contextmanager
+def capture_page_cache(session: Session, events: int) -> Iterator[None]:
+    """On SQLite, for a job of `events` events (`WIDE_CACHE_MIN_EVENTS` or more), the session's
+    connection with a page cache of `CAPTURE_PAGE_CACHE_KIB` inside, its own size after.
+
+    The cache size is the connection's (not the transaction's): it is set back however the block
+    ends, so a pooled connection keeps its memory bound for its later work.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "sqlite" or events < WIDE_CACHE_MIN_EVENTS:
+        yield
+        return
+    own = int(connection.exec_driver_sql("PRAGMA cache_size").scalar_one())
+    connection.exec_driver_sql(f"PRAGMA cache_size = -{CAPTURE_PAGE_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        with suppress(DBAPIError):  # a broken connection: the pool discards it with its cache
+            connection.exec_driver_sql(f"PRAGMA cache_size = {own}")
+
+
 def insert_events(session: Session, rows: Sequence[Row]) -> dict[str, int]:
     """Insert event rows (`EVENT_COLUMNS`) skipping any whose hash the tenant holds: hash → id of each written."""
     connection = session.connection()
@@ -79,7 +112,7 @@ def insert_events(session: Session, rows: Sequence[Row]) -> dict[str, int]:
     ids: dict[str, int] = {}
     for at in range(0, len(rows), _EVENTS_PER_INSERT):
         batch = rows[at : at + _EVENTS_PER_INSERT]
-        parameters = tuple(value for row in batch for value in row)
+        parameters = tuple(chain.from_iterable(batch))
         ids.update((row[1], row[0]) for row in connection.exec_driver_sql(_sqlite_event_insert(len(batch)), parameters))
     return ids
 
