@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import socket
 import statistics
@@ -290,6 +291,8 @@ async def paced_latency(runtime: Runtime, broker: PrivateMosquitto, rate: int, s
         subscription = await runtime.bus.subscribe(ALARM_CHANGES, on_change, durable="bench-latency")
         ingest = runtime.services["devices.mqtt_ingest"]
         await asyncio.sleep(1.0)  # connected and subscribed
+        gc.collect()  # as `iip run` does once started: start-up objects out of the collector's sight
+        gc.freeze()
         taken = ingest.stats.messages
         publisher = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -311,11 +311,12 @@ async def ingest_lifespan(
 
     `blocking_sink=False` when `dead_letters.record` never waits (it is then called in the loop).
     """
-    from iip.devices.ingest.broker import EmbeddedBroker
-
     settings = runtime.settings.devices
     async with contextlib.AsyncExitStack() as stack:
         if not settings.mqtt_url:
+            # Imported only here: the broker library takes about a second to import.
+            from iip.devices.ingest.broker import EmbeddedBroker
+
             port = settings.embedded_broker_port
             if "embedded_broker_port" not in settings.model_fields_set and not _port_free(port):
                 # The default port is taken (often by a broker installed on the machine): do not fail
