@@ -198,6 +198,9 @@ PUBLIC_ROUTES = PUBLIC_ROUTES | IDENTIFIER_PUBLIC_ROUTES | CODE_PUBLIC_ROUTES
 from tests.traceability.profiles_isolation_kinds import PUBLIC_ROUTES as PROFILE_ROUTES  # noqa: E402
 
 PUBLIC_ROUTES = PUBLIC_ROUTES | PROFILE_ROUTES
+from tests.traceability.master_data_isolation_kinds import MASTER_DATA_KINDS  # noqa: E402
+
+OBJECT_KINDS.update({path: ObjectKind(**kind) for path, kind in MASTER_DATA_KINDS.items()})
 from tests.security.isolation_kinds import PUBLIC_ROUTES as SECURITY_PUBLIC_ROUTES  # noqa: E402
 from tests.security.isolation_kinds import SECURITY_KINDS  # noqa: E402
 
