@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -132,3 +133,23 @@ def test_login_error_in_english(client: TestClient, tenant_a: TenantFixture) -> 
     client.post("/lang", data={"language": "en", "next": "/login", "csrf_token": token})
     page = assert_html(login(client, f"{tenant_a.name}-admin", "wrong-password"), 401)
     assert "Wrong username or password." in page
+
+
+@pytest.mark.parametrize("language", sorted(LANGUAGES))
+def test_a_message_shared_by_modules_reads_the_same_in_each(language: str) -> None:
+    # The console merges every module's catalogue into one: a msgid two modules translate differently
+    # would show the last module's words on the other's pages. A different meaning needs its own msgid.
+    seen: dict[str, tuple[str, str]] = {}
+    clashes = []
+    for module in discover_modules():
+        locale_dir = module_locale_dir(module.template_dir)
+        if locale_dir is None:
+            continue
+        with (locale_dir / language / "LC_MESSAGES" / "messages.po").open("rb") as po:
+            for message in read_po(po):
+                if not message.id or not message.string:
+                    continue
+                first = seen.setdefault(str(message.id), (module.name, str(message.string)))
+                if first[1] != message.string:
+                    clashes.append(f"{message.id!r}: {first[0]} {first[1]!r}, {module.name} {message.string!r}")
+    assert not clashes, "\n".join(clashes)
