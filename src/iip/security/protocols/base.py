@@ -34,6 +34,9 @@ class Endpoint:
     port: int
 
 
+NOWHERE = Endpoint("", 0)  # the endpoints of a frame decoded outside any capture
+
+
 @dataclass(slots=True)
 class IcsMessage:
     """One ICS application message (ICSNPP's per-message log line, for any of the four protocols)."""
@@ -60,6 +63,29 @@ class IcsMessage:
     @property
     def is_malformed(self) -> bool:
         return bool(self.malformed)
+
+    @classmethod
+    def of_frame(
+        cls,
+        protocol: IcsProtocol,
+        frame: bytes,
+        *,
+        to_server: bool,
+        source: Endpoint = NOWHERE,
+        destination: Endpoint = NOWHERE,
+        time: dt.datetime | None = None,
+        frame_number: int | None = None,
+    ) -> IcsMessage:
+        """The record a codec fills in for one frame: a request when sent to the server."""
+        return cls(
+            protocol=protocol,
+            direction=Direction.REQUEST if to_server else Direction.RESPONSE,
+            source=source,
+            destination=destination,
+            time=time,
+            frame=frame_number,
+            raw=bytes(frame),
+        )
 
 
 class StreamDecoder(Protocol):

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from iip.security.protocols.base import Direction, Endpoint, IcsMessage, IcsProtocol
+from iip.security.protocols.base import NOWHERE, Direction, Endpoint, IcsMessage, IcsProtocol
 from iip.security.protocols.framing import FrameSplitter
 
 START = b"\x05\x64"
 HEADER_LENGTH = 10  # start(2) length(1) control(1) destination(2) source(2) CRC(2)
 BLOCK = 16
-_NOWHERE = Endpoint("", 0)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -559,8 +558,8 @@ def decode_frame(
     frame: bytes,
     *,
     to_server: bool,
-    source: Endpoint = _NOWHERE,
-    destination: Endpoint = _NOWHERE,
+    source: Endpoint = NOWHERE,
+    destination: Endpoint = NOWHERE,
     time: dt.datetime | None = None,
     frame_number: int | None = None,
 ) -> IcsMessage:

@@ -14,13 +14,12 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from iip.security.protocols.base import Direction, Endpoint, IcsMessage, IcsProtocol
+from iip.security.protocols.base import NOWHERE, Direction, Endpoint, IcsMessage, IcsProtocol
 from iip.security.protocols.framing import FrameSplitter
 
 START = 0x68
 MIN_LENGTH = 4  # control field only (S and U frames)
 MAX_LENGTH = 253
-_NOWHERE = Endpoint("", 0)
 
 U_FUNCTIONS = {
     0x07: "STARTDT_ACT",
@@ -337,20 +336,20 @@ def decode_frame(
     frame: bytes,
     *,
     to_server: bool,
-    source: Endpoint = _NOWHERE,
-    destination: Endpoint = _NOWHERE,
+    source: Endpoint = NOWHERE,
+    destination: Endpoint = NOWHERE,
     time: dt.datetime | None = None,
     frame_number: int | None = None,
 ) -> IcsMessage:
     """One complete APDU (68 length control-field [ASDU]) as a record; never raises."""
-    msg = IcsMessage(
-        protocol=IcsProtocol.IEC104,
-        direction=Direction.REQUEST if to_server else Direction.RESPONSE,
+    msg = IcsMessage.of_frame(
+        IcsProtocol.IEC104,
+        frame,
+        to_server=to_server,
         source=source,
         destination=destination,
         time=time,
-        frame=frame_number,
-        raw=bytes(frame),
+        frame_number=frame_number,
     )
     try:
         _read_apdu(bytes(frame), msg, to_server=to_server)

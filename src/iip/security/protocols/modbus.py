@@ -15,13 +15,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from iip.security.protocols.base import Direction, Endpoint, IcsMessage, IcsProtocol
+from iip.security.protocols.base import NOWHERE, Direction, Endpoint, IcsMessage, IcsProtocol
 from iip.security.protocols.framing import FrameSplitter
 
 MBAP_LENGTH = 7
 MAX_LENGTH_FIELD = 254  # unit id + PDU of at most 253 bytes
 _HEADER = struct.Struct(">HHHB")
-_NOWHERE = Endpoint("", 0)
 
 FUNCTION_NAMES: dict[int, str] = {
     1: "READ_COILS",
@@ -410,20 +409,20 @@ def decode_frame(
     frame: bytes,
     *,
     to_server: bool,
-    source: Endpoint = _NOWHERE,
-    destination: Endpoint = _NOWHERE,
+    source: Endpoint = NOWHERE,
+    destination: Endpoint = NOWHERE,
     time: dt.datetime | None = None,
     frame_number: int | None = None,
 ) -> IcsMessage:
     """One complete Modbus/TCP frame (MBAP header + PDU) as a record; never raises."""
-    msg = IcsMessage(
-        protocol=IcsProtocol.MODBUS,
-        direction=Direction.REQUEST if to_server else Direction.RESPONSE,
+    msg = IcsMessage.of_frame(
+        IcsProtocol.MODBUS,
+        frame,
+        to_server=to_server,
         source=source,
         destination=destination,
         time=time,
-        frame=frame_number,
-        raw=bytes(frame),
+        frame_number=frame_number,
     )
     if len(frame) < MBAP_LENGTH + 1:
         msg.malformed = "frame shorter than MBAP header and function code"
