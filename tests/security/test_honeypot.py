@@ -28,6 +28,7 @@ from iip.security.honeypot import (
     identity_for,
     run_honeypot,
 )
+from iip.security.honeypot.blocks import program_for
 from iip.security.honeypot.identity import FAMILIES
 from iip.security.honeypot.intel import IndicatorBook
 from iip.security.protocols import s7comm
@@ -306,7 +307,8 @@ async def test_s7_garbage_and_unsupported_jobs(decoy: RunningHoneypot, sink: Rec
     writer.write(upload)
     header = await reader.readexactly(4)
     answer = await reader.readexactly(struct.unpack(">H", header[2:])[0] - 4)
-    assert answer[3 + 10 : 3 + 12] == b"\x81\x04"  # error class/code: function not supported
+    refusal = program_for(decoy.identity).refusal  # a protected CPU's answer to an upload
+    assert struct.unpack(">H", answer[3 + 10 : 3 + 12])[0] == refusal
     writer.write(b"GET / HTTP/1.0\r\n\r\n")
     assert await reader.read() == b""  # a CPU hangs up on what is not ISO-on-TCP ... after the garbage run ends
     writer.close()

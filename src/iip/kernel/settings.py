@@ -227,6 +227,27 @@ class SecuritySettings(BaseModel):
     delivery_check_s: float = Field(
         default=15.0, gt=0, le=3600, description="How often bulletin deliveries due for a retry are looked for."
     )
+    share_intelligence: bool = Field(
+        default=True,
+        description="Every tenant's monitor and detector use the indicators of every decoy on the platform "
+        "(without learning whose decoy saw them); off: each tenant's own decoy only.",
+    )
+    monitor_flow_idle_s: float = Field(
+        default=300.0, gt=0, le=86400, description="Seconds a live flow may stay idle before its state is forgotten."
+    )
+    monitor_max_flows: int = Field(
+        default=20000, ge=100, le=5_000_000,
+        description="Most flows live monitoring follows at once; beyond, the longest idle is forgotten.",
+    )  # fmt: skip
+    monitor_fragment_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Seconds a fragmented IP datagram seen live may take to complete."
+    )
+    monitor_fragment_max_datagrams: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Incomplete fragmented IP datagrams held at once (live)."
+    )
+    monitor_fragment_max_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=65535, le=1024**3, description="Bytes of IP fragments held at once (live)."
+    )
 
     @model_validator(mode="after")
     def _services_named(self) -> SecuritySettings:

@@ -25,7 +25,15 @@ from iip.kernel.errors import Forbidden, Invalid, NotFound
 from iip.kernel.sealing import Sealer
 from iip.kernel.settings import Settings
 from iip.security.models import Advisory, AdvisoryMatch, Bulletin, BulletinDelivery, BulletinRecipient, Contact
-from iip.security.records import BulletinKind, Channel, DeliveryStatus, Remediation, Severity, is_overdue
+from iip.security.records import (
+    STALE_PENDING_S,
+    BulletinKind,
+    Channel,
+    DeliveryStatus,
+    Remediation,
+    Severity,
+    is_overdue,
+)
 from iip.security.scoping import Clock, ScopedService, parse_choice
 from iip.security.service import SecurityService
 
@@ -136,12 +144,18 @@ class BulletinService(ScopedService):
         self.session.add(console)
         contact = self.session.get(Contact, tenant_id)
         if contact is not None and contact.webhook_url:
-            self._pending(recipient, Channel.WEBHOOK, contact.webhook_url)
+            self._pending(recipient, Channel.WEBHOOK, contact.webhook_url, now)
         if contact is not None and contact.emails:
-            self._pending(recipient, Channel.EMAIL, ", ".join(contact.emails))
+            self._pending(recipient, Channel.EMAIL, ", ".join(contact.emails), now)
 
-    def _pending(self, recipient: BulletinRecipient, channel: Channel, target: str) -> None:
-        row = BulletinDelivery(id=new_id(), recipient_id=recipient.id, channel=channel.value, target=target[:1000])
+    def _pending(self, recipient: BulletinRecipient, channel: Channel, target: str, now: dt.datetime) -> None:
+        row = BulletinDelivery(
+            id=new_id(),
+            recipient_id=recipient.id,
+            channel=channel.value,
+            target=target[:1000],
+            next_attempt_at=now + dt.timedelta(seconds=STALE_PENDING_S),
+        )
         self.session.add(row)
         self.deliveries.append(row.id)
 
@@ -176,6 +190,7 @@ class BulletinService(ScopedService):
             for delivery in view.deliveries:
                 if delivery.status in (DeliveryStatus.FAILED, DeliveryStatus.RETRYING):
                     delivery.status, delivery.error = DeliveryStatus.PENDING.value, ""
+                    delivery.next_attempt_at = self.clock() + dt.timedelta(seconds=STALE_PENDING_S)
                     self.deliveries.append(delivery.id)
         self._audit("bulletin.redeliver", "security_bulletin", bulletin.id, f"{len(self.deliveries)}", None)
         return list(self.deliveries)

@@ -4,7 +4,8 @@ time it spans, and the hosts it shows (`inventory.InventoryBuilder`: roles, unit
 One pass over `capture.CaptureReader`; whoever else needs the packets (a baseline learner, a
 detector) observes them in the same pass, so a capture is read once and never held in memory.
 `PacketPass` is that per-packet path; live monitoring (`monitor.py`) feeds an interface's packets
-through it too, taking the hosts seen every so often instead of once at the end.
+through it too, taking the hosts seen every so often instead of once at the end. Datagrams refused
+while reassembling IP fragments count as malformed, with their reason, like broken ICS frames.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from iip.security.capture import CaptureReader
+from iip.security.fragments import FragmentStats
 from iip.security.inventory import InventoryBuilder
 from iip.security.protocols.base import IcsMessage, PacketInfo
 from iip.security.records import ObservedAsset
@@ -29,7 +31,8 @@ class CaptureSummary:
     frames: int = 0  # records in the file
     packets: int = 0  # IP packets among them
     messages: Counter[str] = field(default_factory=Counter)
-    malformed: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)  # ICS frames and IP datagrams, per reason
+    dropped: Counter[str] = field(default_factory=Counter)  # IP fragments given up, per reason
     first_time: dt.datetime | None = None
     last_time: dt.datetime | None = None
     assets: list[ObservedAsset] = field(default_factory=list)
@@ -84,7 +87,14 @@ def decode_capture(source: str | Path | IO[bytes], observers: Sequence[Observer]
     summary = summarize(reader, observers)
     count(summary, reader.finish())  # frames still pending when the capture ended
     summary.frames, summary.error = reader.frames, reader.error
+    count_fragments(summary, reader.decoder.stats.fragments)
     return summary
+
+
+def count_fragments(summary: CaptureSummary, stats: FragmentStats) -> None:
+    """Datagrams refused (overlapping fragments ...) as malformed, fragments given up as dropped."""
+    summary.malformed.update(stats.malformed)
+    summary.dropped.update(stats.dropped)
 
 
 def _span(summary: CaptureSummary, at: dt.datetime) -> None:

@@ -406,6 +406,45 @@ def advisories_match(ctx: typer.Context, tenant: Tenant, as_json: AsJson = False
 # --- honeypot
 
 
+@security_app.command("intel")
+def intel_command(
+    ctx: typer.Context,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="What this tenant sees; without it, every entry with its sources (operator)."),
+    ] = None,
+    days: Annotated[float | None, typer.Option("--days", min=0.001, help="Seen within the last days.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """The platform's threat intelligence: every address a decoy saw, most recent first."""
+    import datetime as dt
+
+    with unit_of_work(ctx) as session:
+        service = _service(ctx, session, tenant, platform=tenant is None)
+        since = service.clock() - dt.timedelta(days=days) if days else None
+        items: list[dict[str, Any]] = [
+            {
+                "address": e.address, "first_seen": e.first_seen.isoformat(), "last_seen": e.last_seen.isoformat(),
+                "sightings": e.sightings, "protocols": e.protocols, "counts": e.counts, "notable": e.notable,
+                **({"sources": [{"tenant": s.tenant_name, "sightings": s.sightings,
+                                 "last_seen": s.last_seen.isoformat()} for s in e.sources]} if tenant is None else {}),
+            }
+            for e in service.shared_indicators(since=since)
+        ]  # fmt: skip
+    if as_json:
+        _print_json(items)
+        return
+    columns = ["address", "last seen", "sightings", "protocols", "notable"] + (["sources"] if tenant is None else [])
+    table = Table(*columns)
+    for i in items:
+        cells = [i["address"], i["last_seen"][:19], str(i["sightings"]), ", ".join(i["protocols"]),
+                 escape(", ".join(i["notable"]) or "-")]  # fmt: skip
+        if tenant is None:
+            cells.append(escape(", ".join(f"{s['tenant']} ({s['sightings']})" for s in i["sources"])))
+        table.add_row(*cells)
+    out_console.print(table)
+
+
 @security_app.command("honeypot")
 def honeypot_command(
     ctx: typer.Context,
@@ -471,7 +510,7 @@ def monitor_command(
 
     from iip.kernel.auth import AccessService
     from iip.kernel.bus import create_bus
-    from iip.security.monitor import LiveMonitor
+    from iip.security.monitor import LiveMonitor, monitor_limits
     from iip.security.publishing import publish_alert_events
 
     st = state(ctx)
@@ -493,7 +532,11 @@ def monitor_command(
             if bus is not None:
                 await publish_alert_events(bus, events)
 
-        monitor = LiveMonitor(st.db, tenant_id, site, publish=publish, flush_s=flush)
+        limits, detection = monitor_limits(st.settings.security)
+        monitor = LiveMonitor(
+            st.db, tenant_id, site, publish=publish, flush_s=flush, detection=detection, limits=limits,
+            settings=st.settings,
+        )  # fmt: skip
         stop = asyncio.Event()
         if seconds:
             asyncio.get_running_loop().call_later(seconds, stop.set)

@@ -11,12 +11,13 @@ notifications use. Every try of one delivery carries the same delivery id, so a 
 a duplicate.
 
 `DeliveryRetrier` (the platform's `delivery_lifespan`) looks every `delivery_check_s` for
-deliveries waiting to be retried and sends each once its backoff has passed: `delivery_retry_base_s`
-after the first try, doubling, at most `delivery_retry_max_s`. The backoff is counted from when the
-retrier first saw the delivery waiting (the rows keep the number of tries, not their times). A
-waiting row is claimed by a conditional update before it is sent, so two platform processes never
-send the same try twice. A delivery still pending after `STALE_PENDING_S` (its sender died with
-the process) is sent by the retrier too.
+deliveries whose `next_attempt_at` has passed and sends them. A failed try that may be retried sets
+`next_attempt_at` to the failure's time plus the backoff (`delivery_retry_base_s` after the first
+try, doubling, at most `delivery_retry_max_s`), so the wait is the same whether the retrier has run
+all along or the platform has just restarted. A due row is claimed by a conditional update before
+it is sent, so two platform processes never send the same try twice. A pending row's
+`next_attempt_at` is `STALE_PENDING_S` after it was queued: one still pending then lost its sender
+(the process died) and is sent by the retrier too.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from iip.alarms.public import Delivered, send_email, send_signed_webhook
 from iip.kernel.db import utcnow
@@ -40,7 +40,7 @@ from iip.kernel.sealing import Sealer, SealError
 from iip.kernel.settings import SecuritySettings
 from iip.security.bulletins import SEALING_PURPOSE
 from iip.security.models import Advisory, Bulletin, BulletinDelivery, BulletinRecipient, Contact
-from iip.security.records import Channel, DeliveryStatus
+from iip.security.records import STALE_PENDING_S, Channel, DeliveryStatus
 
 logger = logging.getLogger(__name__)
 
@@ -181,33 +181,34 @@ async def deliver(
 
 
 def _record(runtime: Runtime, outcomes: dict[str, Delivered], now: dt.datetime) -> None:
-    limit = runtime.settings.security.delivery_max_attempts
+    settings = runtime.settings.security
     with runtime.db.session() as session:
         for delivery_id, outcome in outcomes.items():
             row = session.get(BulletinDelivery, delivery_id)
             if row is not None:
-                apply_outcome(row, outcome, now, max_attempts=limit)
+                apply_outcome(row, outcome, now, settings=settings)
 
 
-def apply_outcome(row: BulletinDelivery, outcome: Delivered, now: dt.datetime, *, max_attempts: int) -> None:
-    """One more try of a delivery: sent, waiting for the next try, or failed (refused for good, or the last try)."""
+def apply_outcome(row: BulletinDelivery, outcome: Delivered, now: dt.datetime, *, settings: SecuritySettings) -> None:
+    """One more try of a delivery: sent, waiting for the next try (from `now` plus the backoff), or
+    failed (refused for good, or the last try)."""
     row.attempts += 1
+    row.next_attempt_at = None
     if outcome.ok:
         row.status, row.error, row.sent_at = DeliveryStatus.SENT.value, outcome.note[:1000], now
         return
     row.sent_at = None
     if outcome.permanent:
         row.status, row.error = DeliveryStatus.FAILED.value, outcome.error[:1000]
-    elif row.attempts >= max_attempts:
+    elif row.attempts >= settings.delivery_max_attempts:
         row.status = DeliveryStatus.FAILED.value
         row.error = f"gave up after {row.attempts} attempts: {outcome.error}"[:1000]
     else:
         row.status, row.error = DeliveryStatus.RETRYING.value, outcome.error[:1000]
+        row.next_attempt_at = now + dt.timedelta(seconds=retry_wait(row.attempts, settings))
 
 
 # --- trying again
-
-STALE_PENDING_S = 600.0  # longer than any one send (webhook and SMTP timeouts are at most 300 s)
 
 
 def retry_wait(attempts: int, settings: SecuritySettings) -> float:
@@ -216,43 +217,35 @@ def retry_wait(attempts: int, settings: SecuritySettings) -> float:
 
 
 class DeliveryRetrier:
-    """Sends the deliveries waiting to be retried once their backoff has passed, and pending ones
-    whose sender is gone."""
+    """Sends the deliveries whose next try is due: retries after their backoff, and pending ones
+    whose sender is gone. It keeps no state of its own: the rows say what is due."""
 
-    def __init__(self, runtime: Runtime, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.runtime = runtime
-        self.monotonic = monotonic
+        self.clock = clock
         self.sent = 0  # tries made by this retrier, for tests and the health of the service
-        self._due: dict[tuple[str, str, int], float] = {}  # (id, status, attempts) -> when to send it
 
     async def check(self) -> int:
         """One look: send what is due; how many deliveries were tried."""
-        waiting = await asyncio.to_thread(self._waiting)
-        now = self.monotonic()
-        settings = self.runtime.settings.security
-        due: list[tuple[str, str, int]] = []
-        known: dict[tuple[str, str, int], float] = {}
-        for key in waiting:
-            _id, status, attempts = key
-            wait = retry_wait(attempts, settings) if status == DeliveryStatus.RETRYING else STALE_PENDING_S
-            known[key] = at = self._due.get(key, now + wait)
-            if at <= now:
-                due.append(key)
-        self._due = {key: at for key, at in known.items() if key not in due}
-        claimed = await asyncio.to_thread(self._claim, due)
+        now = self.clock()
+        due = await asyncio.to_thread(self._due, now)
+        claimed = await asyncio.to_thread(self._claim, due, now)
         if claimed:
-            await deliver(self.runtime, claimed)
+            await deliver(self.runtime, claimed, clock=self.clock)
             self.sent += len(claimed)
         return len(claimed)
 
-    def _waiting(self) -> list[tuple[str, str, int]]:
+    def _due(self, now: dt.datetime) -> list[tuple[str, str, int]]:
+        """Waiting rows whose time has come (through the `next_attempt_at` index); a row written before
+        the column existed has none and is due at once."""
         query = select(BulletinDelivery.id, BulletinDelivery.status, BulletinDelivery.attempts).where(
-            BulletinDelivery.status.in_([DeliveryStatus.RETRYING.value, DeliveryStatus.PENDING.value])
+            or_(BulletinDelivery.next_attempt_at <= now, BulletinDelivery.next_attempt_at.is_(None)),
+            BulletinDelivery.status.in_([DeliveryStatus.RETRYING.value, DeliveryStatus.PENDING.value]),
         )
         with self.runtime.db.session() as session:
             return [(row.id, row.status, row.attempts) for row in session.execute(query)]
 
-    def _claim(self, due: Sequence[tuple[str, str, int]]) -> list[str]:
+    def _claim(self, due: Sequence[tuple[str, str, int]], now: dt.datetime) -> list[str]:
         """The due deliveries no other process took meanwhile, now pending for this one to send."""
         claimed: list[str] = []
         with self.runtime.db.session() as session:
@@ -263,8 +256,12 @@ class DeliveryRetrier:
                         BulletinDelivery.id == delivery_id,
                         BulletinDelivery.status == status,
                         BulletinDelivery.attempts == attempts,
+                        or_(BulletinDelivery.next_attempt_at <= now, BulletinDelivery.next_attempt_at.is_(None)),
                     )
-                    .values(status=DeliveryStatus.PENDING.value)
+                    .values(
+                        status=DeliveryStatus.PENDING.value,
+                        next_attempt_at=now + dt.timedelta(seconds=STALE_PENDING_S),
+                    )
                 )
                 if getattr(taken, "rowcount", 0) == 1:
                     claimed.append(delivery_id)

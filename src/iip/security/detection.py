@@ -20,12 +20,19 @@ What raises an alert (kinds in `AlertKind`, ATT&CK for ICS techniques in `TECHNI
 
 Alerts are aggregated: one per kind and (source, destination) per `alert_window_s`, with the count,
 first and last time, the frame numbers (up to `evidence_frames`) and a few raw frames as evidence.
+
+State kept per flow (conversations, packet and exception rates, scan windows) is bounded so a
+detector can watch live traffic for months: conversations idle for `flow_idle_s` are forgotten,
+counters and scan windows once their window has passed (forgetting them then loses nothing), and
+none of these tables holds more than `max_flows` entries (the longest idle makes room). What is
+forgotten is counted in `Detector.evictions`.
 `to_alarm_event` makes the alarms context's `AlarmEvent` of an alert (the caller publishes it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -33,6 +40,8 @@ from typing import Any
 
 from iip.alarms.public import AlarmEvent
 from iip.security.baseline import (
+    TCP_ACK,
+    TCP_SYN,
     Baseline,
     Connection,
     FlowKey,
@@ -47,7 +56,8 @@ from iip.security.baseline import (
     written_values,
 )
 from iip.security.inventory import IntervalSet, address_space, requested_range
-from iip.security.protocols.base import Direction, IcsMessage, IcsProtocol, PacketInfo
+from iip.security.protocols.base import Direction, IcsMessage, IcsProtocol, PacketInfo, Transport
+from iip.security.recent import RecentTable
 from iip.security.records import NewAlert, Severity
 
 ALARM_SOURCE = "security"
@@ -285,6 +295,34 @@ class DetectionSettings:
     # A broadcast or multicast is an announcement, not a service: a host that announced itself to a
     # group in training may do so on another port (NetBIOS name and datagram services, SSDP, mDNS).
     announcements_any_port: bool = True
+    flow_idle_s: float = 300.0  # a conversation without packets for this long is forgotten
+    max_flows: int = 20_000  # conversations (and rate counters, scan windows) tracked at once
+
+
+class _RecentFlows(FlowTracker):
+    """A `FlowTracker` whose conversations live in a `RecentTable`: idle ones and, beyond the
+    limit, the longest idle are forgotten."""
+
+    def __init__(self, table: RecentTable[tuple[Any, ...], Connection]) -> None:
+        super().__init__()
+        self.table = table
+
+    def track(self, packet: PacketInfo) -> tuple[Connection, bool]:
+        key = self._key(packet)
+        connection = self.table.get(key, packet.time)
+        syn_only = packet.transport is Transport.TCP and packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        if connection is None or (syn_only and (connection.closed or connection.completed)):
+            connection = self.table.put(key, self._open(packet, syn_only=syn_only), packet.time)
+        from_client = packet.source == connection.client
+        self._advance(connection, packet, from_client=from_client)
+        return connection, from_client
+
+    def prune(self, now: dt.datetime) -> list[Connection]:
+        self.table.expire(now)
+        return []
+
+    def connections(self) -> list[Connection]:
+        return self.table.values()
 
 
 @dataclass(slots=True)
@@ -323,17 +361,29 @@ class Detector:
         self.baseline = baseline
         self.settings = settings or DetectionSettings()
         self.known_attackers = dict(known_attackers or {})
-        self._tracker = FlowTracker()
+        self.evictions: Counter[str] = Counter()  # per-flow state forgotten, per table and reason
         self._alert_window = dt.timedelta(seconds=self.settings.alert_window_s)
         self._scan_window = dt.timedelta(seconds=self.settings.scan_window_s)
         self._rate_window = dt.timedelta(seconds=baseline.rate_window_s)
         self._handshake_timeout = dt.timedelta(seconds=self.settings.handshake_timeout_s)
+        most = self.settings.max_flows
+        conversations: RecentTable[tuple[Any, ...], Connection] = RecentTable(
+            "conversations", idle=dt.timedelta(seconds=self.settings.flow_idle_s), max_entries=most,
+            evictions=self.evictions, on_evict=self._forget_connection,
+        )  # fmt: skip
+        self._tracker = _RecentFlows(conversations)
         self._open: dict[tuple[AlertKind, str, str], Alert] = {}
         self._alerts: list[Alert] = []
-        self._distinct: dict[tuple[Any, ...], _Distinct] = {}
-        self._rates: dict[Any, WindowCounter] = {}
+        # A window that has passed restarts on its next use, so forgetting it then loses nothing.
+        self._distinct: RecentTable[tuple[Any, ...], _Distinct] = RecentTable(
+            "scan windows", idle=self._scan_window, max_entries=most, evictions=self.evictions
+        )
+        self._rates: RecentTable[Any, WindowCounter] = RecentTable(
+            "rate counters", idle=self._rate_window, max_entries=most, evictions=self.evictions
+        )
         self._pending: dict[int, Connection] = {}
         self._last_sweep: dt.datetime | None = None
+        self._last_expiry: dt.datetime | None = None
         self._latest: dt.datetime | None = None  # the newest packet time checked
         self._taken: dict[int, tuple[int, int, int]] = {}  # id(alert) -> count, frames, raw handed over
         self._index_baseline()
@@ -353,9 +403,17 @@ class Detector:
 
     # -- public ------------------------------------------------------------------------------
 
+    @property
+    def tracked(self) -> dict[str, int]:
+        """Entries held now per table of per-flow state."""
+        return {"conversations": len(self._tracker.table), "rate counters": len(self._rates),
+                "scan windows": len(self._distinct), "pending handshakes": len(self._pending)}  # fmt: skip
+
     def check(self, packet: PacketInfo, messages: Iterable[IcsMessage] = ()) -> None:
         if self._latest is None or packet.time > self._latest:
             self._latest = packet.time
+        if self._last_expiry is None or abs(packet.time - self._last_expiry) >= dt.timedelta(seconds=1):
+            self._expire(packet.time)
         connection, _ = self._tracker.track(packet)
         for end in (packet.source, packet.destination):
             seen_doing = self.known_attackers.get(end.host)
@@ -399,6 +457,15 @@ class Detector:
         self._forget_closed()
         return found
 
+    def _expire(self, now: dt.datetime) -> None:
+        self._last_expiry = now
+        self._tracker.prune(now)
+        self._distinct.expire(now)
+        self._rates.expire(now)
+
+    def _forget_connection(self, connection: Connection) -> None:
+        self._pending.pop(id(connection), None)
+
     def _forget_closed(self) -> None:
         if self._latest is not None:
             horizon = self._latest - self._alert_window
@@ -433,15 +500,15 @@ class Detector:
         return tuple(techniques)
 
     def _count_scan(self, key: FlowKey, packet: PacketInfo) -> None:
-        hosts = self._distinct_in(("hosts", key.client)).add(packet.time, key.server, packet.frame)
-        if hosts >= self.settings.scan_hosts:
-            self._raise_many(AlertKind.HOST_SCAN, key.client, "*", packet.time, self._distinct[("hosts", key.client)])
-        ports = self._distinct_in(("ports", key.client, key.server))
+        hosts = self._distinct_in(("hosts", key.client), packet.time)
+        if hosts.add(packet.time, key.server, packet.frame) >= self.settings.scan_hosts:
+            self._raise_many(AlertKind.HOST_SCAN, key.client, "*", packet.time, hosts)
+        ports = self._distinct_in(("ports", key.client, key.server), packet.time)
         if ports.add(packet.time, (key.transport, key.port), packet.frame) >= self.settings.scan_ports:
             self._raise_many(AlertKind.PORT_SCAN, key.client, key.server, packet.time, ports)
 
     def _check_rate(self, key: FlowKey, packet: PacketInfo) -> None:
-        counter = self._rates.setdefault(key, WindowCounter(self._rate_window))
+        counter = self._rates.setdefault(key, lambda: WindowCounter(self._rate_window), packet.time)
         count = counter.add(packet.time)
         peak = self.baseline.flows[key].peak_packets
         if count > max(peak * self.settings.flood_factor, peak + self.settings.flood_excess):
@@ -468,7 +535,7 @@ class Detector:
             return
         connection.counted_incomplete = True
         client = connection.client.host
-        tries = self._distinct_in(("half_open", client))
+        tries = self._distinct_in(("half_open", client), now)
         target = (connection.server.host, connection.server.port, connection.client.port)
         if tries.add(now, target, connection.first_frame) >= self.settings.half_open:
             self._raise_many(AlertKind.HALF_OPEN, client, "*", now, tries)
@@ -587,19 +654,19 @@ class Detector:
         known = self._server_ranges.get((pair.server, pair.protocol, skey))
         if known is not None and known.covers(*span):
             return
-        seen = self._distinct_in(("addresses", pair.client, pair.server, pair.protocol))
+        seen = self._distinct_in(("addresses", pair.client, pair.server, pair.protocol), when)
         if seen.add(when, (skey, span), frame) >= self.settings.scan_addresses:
             self._raise_many(AlertKind.REGISTER_SCAN, pair.client, pair.server, when, seen, protocol=pair.protocol)
 
     def _check_unit(self, pair: PairKey, message: IcsMessage, when: dt.datetime, frame: int) -> None:
         if message.unit is None or message.unit in self._server_units.get((pair.server, pair.protocol), set()):
             return
-        seen = self._distinct_in(("units", pair.client, pair.server, pair.protocol))
+        seen = self._distinct_in(("units", pair.client, pair.server, pair.protocol), when)
         if seen.add(when, message.unit, frame) >= self.settings.scan_units:
             self._raise_many(AlertKind.UNIT_SCAN, pair.client, pair.server, when, seen, protocol=pair.protocol)
 
     def _check_exceptions(self, pair: PairKey, message: IcsMessage, when: dt.datetime, frame: int) -> None:
-        counter = self._rates.setdefault(("exceptions", pair), WindowCounter(self._rate_window))
+        counter = self._rates.setdefault(("exceptions", pair), lambda: WindowCounter(self._rate_window), when)
         count = counter.add(when)
         profile = self.baseline.pairs.get(pair)
         peak = profile.peak_exceptions if profile else 0
@@ -617,11 +684,8 @@ class Detector:
 
     # -- aggregation -------------------------------------------------------------------------
 
-    def _distinct_in(self, key: tuple[Any, ...]) -> _Distinct:
-        found = self._distinct.get(key)
-        if found is None:
-            found = self._distinct[key] = _Distinct(self._scan_window)
-        return found
+    def _distinct_in(self, key: tuple[Any, ...], now: dt.datetime) -> _Distinct:
+        return self._distinct.setdefault(key, lambda: _Distinct(self._scan_window), now)
 
     def _raise_many(
         self, kind: AlertKind, source: str, destination: str, when: dt.datetime, seen: _Distinct, protocol: str = ""

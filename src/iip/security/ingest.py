@@ -105,11 +105,9 @@ def upload(
 
 
 def known_attackers(service: SecurityService, tenant_id: str) -> dict[str, str]:
-    """The tenant's threat intelligence for the monitor: each address its decoy saw, with what it did."""
-    return {
-        row.address: ", ".join(row.notable or row.protocols or ["connected"])
-        for row in service.list_indicators(tenant_id=tenant_id)
-    }
+    """The tenant's threat intelligence for the monitor and capture checks: each address a decoy saw
+    (the platform's decoys when intelligence is shared, else the tenant's own), with what it did."""
+    return service.threat_intelligence(tenant_id)
 
 
 def sighting_record(sighting: HoneypotSighting) -> Sighting:

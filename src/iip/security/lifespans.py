@@ -5,7 +5,8 @@ Always: the retrier of bulletin deliveries (`delivery.delivery_lifespan`).
 When switched on (both off by default):
 
 - live monitoring of `monitor_interface` for `monitor_tenant` and `monitor_site` (`monitor.LiveMonitor`),
-  its new alerts published on the bus as alarm events;
+  its new alerts published on the bus as alarm events, its per-flow state bounded by the
+  `monitor_flow_idle_s`, `monitor_max_flows` and `monitor_fragment_*` settings;
 - the decoy PLC (`decoy_enabled`, with `decoy_tenant`, `decoy_seed` and its ports), its visitors
   recorded as the tenant's indicators (`decoy.run_recording_decoy`).
 
@@ -32,7 +33,7 @@ from iip.kernel.runtime import Runtime
 from iip.security.decoy import run_recording_decoy
 from iip.security.delivery import delivery_lifespan
 from iip.security.honeypot.server import HoneypotConfig, RunningHoneypot
-from iip.security.monitor import LiveMonitor
+from iip.security.monitor import LiveMonitor, monitor_limits
 from iip.security.publishing import publish_alert_events
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,11 @@ async def monitoring(runtime: Runtime, stop: asyncio.Event) -> None:
     async def publish(events: Any) -> None:
         await publish_alert_events(runtime.bus, events)
 
+    limits, detection = monitor_limits(settings)
     monitor = LiveMonitor(
-        runtime.db, tenant_id, settings.monitor_site, publish=publish, flush_s=settings.monitor_flush_s
-    )
+        runtime.db, tenant_id, settings.monitor_site, publish=publish, flush_s=settings.monitor_flush_s,
+        detection=detection, limits=limits, settings=runtime.settings,
+    )  # fmt: skip
 
     def started(running: LiveMonitor) -> None:
         runtime.services[MONITOR_SERVICE] = running  # once the interface is open

@@ -3,7 +3,9 @@
 Frames go through the same `PacketDecoder` as capture files, so flows, codecs and records are the
 same. `LiveCapture` reads in a thread and hands each IP packet with its records to a callback;
 `live_packets` is the same as an async iterator. Both stop cleanly: the socket is polled, so
-`stop()` returns within a poll interval.
+`stop()` returns within a poll interval. While the interface is quiet the decoder still forgets idle
+flows and gives up stale IP fragments (`DecoderLimits`). `kernel_counts()` says how many packets the
+kernel handed to the socket and how many it dropped because the reader fell behind.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import struct
 import threading
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
-from iip.security.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketDecoder
+from iip.security.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, DecoderLimits, PacketDecoder
 from iip.security.protocols.base import IcsMessage, PacketInfo
 
 ETH_P_ALL = 0x0003
@@ -24,6 +27,8 @@ ARPHRD_LOOPBACK = 772
 ARPHRD_NONE = 0xFFFE  # tun devices: raw IP
 ARPHRD_IP_TYPES = frozenset({ARPHRD_NONE, 0x0100 + 31})  # none, IP-in-IP tunnel
 MAX_FRAME = 65535
+SOL_PACKET = 263
+PACKET_STATISTICS = 6  # struct tpacket_stats: packets, drops (both reset on every read)
 
 PacketCallback = Callable[[PacketInfo, list[IcsMessage]], None]
 
@@ -31,12 +36,22 @@ PacketCallback = Callable[[PacketInfo, list[IcsMessage]], None]
 class LiveCapture:
     """Reads one interface in a thread; `on_packet(info, records)` for every IP packet."""
 
-    def __init__(self, interface: str, on_packet: PacketCallback, *, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        interface: str,
+        on_packet: PacketCallback,
+        *,
+        poll_interval: float = 0.2,
+        limits: DecoderLimits | None = None,
+    ) -> None:
         self.interface = interface
         self.on_packet = on_packet
         self.poll_interval = poll_interval
-        self.decoder = PacketDecoder()
+        self.decoder = PacketDecoder(limits)
         self.frames = 0
+        self.kernel_received = 0  # packets the kernel queued for the socket, as last read
+        self.kernel_dropped = 0  # packets it dropped because the socket's queue was full
+        self._counts_lock = threading.Lock()
         self.error = ""  # why reading stopped early (the socket failed); "" otherwise
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -63,9 +78,25 @@ class LiveCapture:
             self._thread.join()
             self._thread = None
         if self._socket is not None:
+            self.kernel_counts()
             self._socket.close()
             self._socket = None
         return self.decoder.finish()
+
+    def kernel_counts(self) -> tuple[int, int]:
+        """(received, dropped) by the kernel since the socket opened (PACKET_STATISTICS); what
+        was read last when the socket is closed."""
+        sock = self._socket
+        with self._counts_lock:
+            if sock is not None:
+                try:
+                    received, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+                except OSError:
+                    received = dropped = 0
+                # The kernel counts dropped packets among the received ones and resets both on reading.
+                self.kernel_received += received
+                self.kernel_dropped += dropped
+            return self.kernel_received, self.kernel_dropped
 
     def __enter__(self) -> LiveCapture:
         self.start()
@@ -84,6 +115,7 @@ class LiveCapture:
             try:
                 data, address = sock.recvfrom(MAX_FRAME)
             except TimeoutError:
+                self.decoder.expire(dt.datetime.now(dt.UTC))
                 continue
             except OSError as err:
                 self.error = f"capture socket failed: {err.strerror or err}"

@@ -245,6 +245,9 @@ class BulletinDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(String(1000), default="")
     sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # When the retrier may take it: the next try of a `retrying` row, or when a `pending` row's
+    # sender is presumed gone. Counted from the failed try, so a restart does not reset it.
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
 
 
 class Contact(Base):

@@ -12,6 +12,11 @@ The active baseline and the indicators are read again every `refresh_s` seconds:
 version or rolling back takes effect without a restart, and without an active baseline the monitor
 keeps the inventory and detects nothing until one is learned. What the database refuses is kept
 (bounded) and written with the next flush.
+
+Per-flow state is bounded for a monitor that runs for months (`monitor_limits`: the settings'
+`monitor_flow_idle_s`, `monitor_max_flows` and `monitor_fragment_*`): the decoder's TCP reassembly
+and IP fragments, and the detector's conversations, rates and scan windows; `evictions` counts
+what was forgotten.
 """
 
 from __future__ import annotations
@@ -20,18 +25,22 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from iip.alarms.public import AlarmEvent
 from iip.kernel.auth import Principal, Role
 from iip.kernel.db import Database
 from iip.kernel.errors import NotFound
+from iip.kernel.settings import SecuritySettings, Settings
 from iip.security import ingest
 from iip.security.baseline import Baseline as LearnedModel
-from iip.security.captures import CaptureSummary, PacketPass, count
+from iip.security.capture import DecoderLimits
+from iip.security.captures import CaptureSummary, PacketPass, count, count_fragments
 from iip.security.detection import Alert as Finding
 from iip.security.detection import DetectionSettings, Detector
+from iip.security.fragments import FragmentLimits
 from iip.security.live import LiveCapture
 from iip.security.protocols.base import IcsMessage, PacketInfo
 from iip.security.records import ObservedAsset
@@ -55,6 +64,20 @@ class MonitorState:
     error: str = ""  # why the monitor stopped early; "" otherwise
 
 
+def monitor_limits(settings: SecuritySettings) -> tuple[DecoderLimits, DetectionSettings]:
+    """The decoder's and the detector's bounds the settings give."""
+    fragments = FragmentLimits(
+        timeout_s=settings.monitor_fragment_timeout_s,
+        max_datagrams=settings.monitor_fragment_max_datagrams,
+        max_bytes=settings.monitor_fragment_max_bytes,
+    )
+    decoder = DecoderLimits(
+        flow_idle_s=settings.monitor_flow_idle_s, max_flows=settings.monitor_max_flows, fragments=fragments
+    )
+    detection = DetectionSettings(flow_idle_s=settings.monitor_flow_idle_s, max_flows=settings.monitor_max_flows)
+    return decoder, detection
+
+
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     baseline_id: str | None
@@ -76,14 +99,18 @@ class LiveMonitor:
         flush_s: float = 1.0,
         refresh_s: float = 30.0,
         detection: DetectionSettings | None = None,
+        limits: DecoderLimits | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.db = db
+        self.settings = settings  # the platform's, for what the service reads (shared intelligence)
         self.tenant_id = tenant_id
         self.site = site
         self.publish = publish
         self.flush_s = flush_s
         self.refresh_s = refresh_s
         self.detection = detection
+        self.limits = limits
         self.state = MonitorState()
         self.actor = Principal("system", "ics-monitor", "ics-monitor", tenant_id, Role.ENGINEER)
         self._lock = threading.Lock()  # the capture thread and the flushes share the pass and the detector
@@ -92,11 +119,24 @@ class LiveMonitor:
         self._baseline_id: str | None = None
         self._unsaved_hosts: list[ObservedAsset] = []
         self._unsaved_findings: list[Finding] = []
+        self._capture: LiveCapture | None = None
+        self._retired_evictions: Counter[str] = Counter()  # of detectors replaced by a new baseline
 
     @property
     def summary(self) -> CaptureSummary:
         """Packets, messages per protocol and malformed frames seen so far."""
         return self._pass.summary
+
+    @property
+    def evictions(self) -> Counter[str]:
+        """Per-flow state forgotten so far (idle, or over the limit), per table and reason."""
+        with self._lock:
+            found = Counter(self._retired_evictions)
+            if self._detector is not None:
+                found.update(self._detector.evictions)
+        if self._capture is not None:
+            found.update({f"decoder flows {reason}": n for reason, n in self._capture.decoder.stats.evicted.items()})
+        return found
 
     # --- the capture thread
 
@@ -109,9 +149,11 @@ class LiveMonitor:
             self._detector.check(packet, messages)
 
     def finish(self, leftovers: list[IcsMessage]) -> None:
-        """Count what the codecs still held when the capture stopped."""
+        """Count what the codecs still held when the capture stopped (and the IP fragments)."""
         with self._lock:
             count(self._pass.summary, leftovers)
+            if self._capture is not None:
+                count_fragments(self._pass.summary, self._capture.decoder.stats.fragments)
 
     # --- the database (worker threads)
 
@@ -122,19 +164,25 @@ class LiveMonitor:
             if loaded.baseline_id != self._baseline_id:
                 if self._detector is not None:  # what the old detector found is still to be stored
                     self._unsaved_findings.extend(self._detector.take())
+                    self._retired_evictions.update(self._detector.evictions)
                 self._detector = (
                     None
                     if loaded.model is None
-                    else Detector(loaded.model, self.detection, known_attackers=loaded.attackers)
+                    else Detector(loaded.model, self._detection_settings(), known_attackers=loaded.attackers)
                 )
                 self._baseline_id = loaded.baseline_id
                 self.state.baseline_version = loaded.version
             elif self._detector is not None:
                 self._detector.known_attackers = loaded.attackers
 
+    def _detection_settings(self) -> DetectionSettings | None:
+        if self.detection is not None or self.limits is None:
+            return self.detection
+        return replace(DetectionSettings(), flow_idle_s=self.limits.flow_idle_s, max_flows=self.limits.max_flows)
+
     def _load(self) -> _Loaded:
         with self.db.session() as session:
-            service = SecurityService(session, self.actor)
+            service = SecurityService(session, self.actor, settings=self.settings)
             attackers = ingest.known_attackers(service, self.tenant_id)
             try:
                 row = service.active_baseline(self.tenant_id, self.site)
@@ -154,7 +202,7 @@ class LiveMonitor:
             return []
         try:
             with self.db.session() as session:
-                service = SecurityService(session, self.actor)
+                service = SecurityService(session, self.actor, settings=self.settings)
                 service.record_observed(self.tenant_id, self.site, hosts)
                 service.record_alerts(self.tenant_id, self.site, [f.to_record() for f in findings])
                 events = list(service.events)
@@ -182,8 +230,9 @@ class LiveMonitor:
         """Monitor `interface` until `stop` is set (or the capture fails); raises OSError when the
         interface cannot be opened (no such interface, no right to capture)."""
         await asyncio.to_thread(self.refresh)
-        capture = LiveCapture(interface, self.on_packet, poll_interval=poll_interval)
+        capture = LiveCapture(interface, self.on_packet, poll_interval=poll_interval, limits=self.limits)
         capture.start()
+        self._capture = capture
         if started is not None:
             started(self)
         loop = asyncio.get_running_loop()

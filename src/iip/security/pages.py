@@ -51,7 +51,7 @@ BASE = "/security"
 OVERVIEW, ASSETS, ALERTS, CAPTURES = BASE, BASE + "/assets", BASE + "/alerts", BASE + "/captures"
 BASELINES, HONEYPOT, ADVISORIES = BASE + "/baselines", BASE + "/honeypot", BASE + "/advisories"
 BULLETINS, INBOX, INCIDENTS = BASE + "/bulletins", BASE + "/inbox", BASE + "/incidents"
-CONTACT = BASE + "/contact"
+CONTACT, INTEL = BASE + "/contact", BASE + "/intel"
 
 PAGES = (
     Page(OVERVIEW, N_("Security overview"), "security.read", "shield"),
@@ -60,6 +60,7 @@ PAGES = (
     Page(CAPTURES, N_("Captures"), "security.read", "activity"),
     Page(BASELINES, N_("Baselines"), "security.read", "heart"),
     Page(HONEYPOT, N_("Honeypot"), "security.read", "search"),
+    Page(INTEL, N_("Threat intelligence"), "security.read", "dot"),
     Page(ADVISORIES, N_("Advisories"), "security.read", "stamp"),
     Page(INBOX, N_("Bulletins"), "security.read", "globe"),
     Page(INCIDENTS, N_("Incidents"), "security.read", "audit"),
@@ -392,6 +393,20 @@ def honeypot_page(request: Request, identity: Reader, session: DbSession) -> HTM
         "security/honeypot.html",
         {"page_title": N_("Honeypot"), "rows": rows, "day": day, **shared(identity)},
     )
+
+
+@pages_router.get(INTEL, response_class=HTMLResponse)
+def intel_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
+    service = _service(request, session, identity)
+    rows = service.shared_indicators()
+    day = service.clock() - dt.timedelta(hours=24)
+    context = {
+        "page_title": N_("Threat intelligence"),
+        "rows": rows,
+        "day": day,
+        "sharing": service.shares_intelligence(),
+    }
+    return render(request, "security/intel.html", {**context, **shared(identity)})
 
 
 # --- advisories and matches -------------------------------------------------------------------

@@ -86,6 +86,11 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # refused for good, or given up after the last attempt
 
 
+# A pending delivery not settled this long after it was queued lost its sender (the process died);
+# longer than any one send (webhook and SMTP timeouts are at most 300 s).
+STALE_PENDING_S = 600.0
+
+
 @dataclass(slots=True)
 class ObservedAsset:
     """A device seen in traffic: what the capture showed of it."""

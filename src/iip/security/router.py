@@ -59,6 +59,7 @@ from iip.security.schemas import (
     RecipientOut,
     RemediationBody,
     ResolveBody,
+    SharedIndicatorOut,
     StateBody,
     TenantAwarenessOut,
 )
@@ -69,6 +70,7 @@ from iip.security.service import (
     Awareness,
     MatchView,
     SecurityService,
+    SharedIndicator,
     severity_of,
 )
 
@@ -478,6 +480,31 @@ def list_indicators(
     service = _service(request, session, actor)
     since = service.clock() - dt.timedelta(days=days) if days else None
     return [IndicatorOut.model_validate(r) for r in service.list_indicators(tenant_id=tenant_id, since=since)]
+
+
+@router.get(API + "/intel", response_model=list[SharedIndicatorOut])
+def list_shared_indicators(
+    request: Request,
+    actor: Reader,
+    session: DbSession,
+    days: Annotated[float | None, Query(gt=0, le=3650, description="seen within the last days")] = None,
+    address: Annotated[str, Query(max_length=64, pattern=NO_NUL, description="one address")] = "",
+) -> list[SharedIndicatorOut]:
+    """The platform's threat intelligence: addresses any decoy saw, most recent first. Whose decoy saw
+    them (`sources`) is shown to platform operators only."""
+    service = _service(request, session, actor)
+    since = service.clock() - dt.timedelta(days=days) if days else None
+    return [
+        shared_view(entry, with_sources=actor.is_platform)
+        for entry in service.shared_indicators(since=since, address=address)
+    ]
+
+
+def shared_view(entry: SharedIndicator, *, with_sources: bool) -> SharedIndicatorOut:
+    view = SharedIndicatorOut.model_validate(entry)
+    if not with_sources:
+        view.sources = None
+    return view
 
 
 # --- incidents

@@ -216,6 +216,27 @@ class IndicatorOut(Row):
     notable: list[str]
 
 
+class IndicatorSourceOut(Row):
+    tenant_id: str
+    tenant_name: str
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    sightings: int
+
+
+class SharedIndicatorOut(Row):
+    """An address the platform's decoys saw; `sources` (whose decoys) only for platform operators."""
+
+    address: str
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    sightings: int
+    protocols: list[str]
+    counts: dict[str, int]
+    notable: list[str]
+    sources: list[IndicatorSourceOut] | None = None
+
+
 # --- incidents
 
 
@@ -307,6 +328,7 @@ class DeliveryOut(Row):
     attempts: int
     error: str
     sent_at: dt.datetime | None
+    next_attempt_at: dt.datetime | None
 
 
 class RecipientOut(BaseModel):

@@ -29,11 +29,12 @@ from iip.alarms.public import AlarmEvent
 from iip.kernel.auth import AccessService, Principal, Tenant, new_id
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Forbidden, Invalid, NotFound
-from iip.kernel.settings import Settings
+from iip.kernel.settings import SecuritySettings, Settings
 from iip.security.captures import CaptureSummary
 from iip.security.detection import SEVERITY_SCORES
 from iip.security.inventory import DeclaredAsset, merge_intervals, read_declared_assets_csv
 from iip.security.models import (
+    ADDRESS_LENGTH,
     Advisory,
     AdvisoryMatch,
     Alert,
@@ -660,6 +661,48 @@ class SecurityService(ScopedService):
         self.session.flush()
         return list(touched.values())
 
+    def shares_intelligence(self) -> bool:
+        """Whether tenants use the indicators of every decoy on the platform (`share_intelligence`)."""
+        if self.settings is not None:
+            return self.settings.security.share_intelligence
+        return SecuritySettings().share_intelligence
+
+    def shared_indicators(self, *, since: dt.datetime | None = None, address: str = "") -> list[SharedIndicator]:
+        """The platform's threat intelligence: one entry per address any decoy saw, most recent first.
+
+        A tenant sees what was seen (every decoy's when the platform shares intelligence, else its own
+        decoy's) but never whose decoy saw it; platform operators see every entry with its sources."""
+        self._read()
+        query = select(Indicator, Tenant.name).join(Tenant, Tenant.id == Indicator.tenant_id)
+        if not self.actor.is_platform and not self.shares_intelligence():
+            query = query.where(Indicator.tenant_id == self.actor.tenant_id)
+        if since is not None:
+            query = query.where(Indicator.last_seen >= since)
+        if address.strip():
+            query = query.where(Indicator.address == address.strip()[:ADDRESS_LENGTH])
+        merged: dict[str, SharedIndicator] = {}
+        for row, tenant_name in self.session.execute(query.order_by(Indicator.first_seen)):
+            entry = merged.get(row.address)
+            if entry is None:
+                entry = merged[row.address] = SharedIndicator(row.address, row.first_seen, row.last_seen)
+            entry.add(row)
+            if self.actor.is_platform:
+                source = IndicatorSource(row.tenant_id, tenant_name, row.first_seen, row.last_seen, row.sightings)
+                entry.sources.append(source)
+        return sorted(merged.values(), key=lambda e: (e.last_seen, e.address), reverse=True)
+
+    def threat_intelligence(self, tenant_id: str) -> dict[str, str]:
+        """What a tenant's detector treats as known attackers: each address a decoy saw (the tenant's
+        own, and every other decoy's when intelligence is shared), with what it did there."""
+        self._read()
+        query = select(Indicator)
+        if not self.shares_intelligence():
+            query = query.where(Indicator.tenant_id == tenant_id)
+        merged: dict[str, SharedIndicator] = {}
+        for row in self.session.scalars(query):
+            merged.setdefault(row.address, SharedIndicator(row.address, row.first_seen, row.last_seen)).add(row)
+        return {a: ", ".join(e.notable or e.protocols or ["connected"]) for a, e in sorted(merged.items())}
+
     def list_indicators(self, *, tenant_id: str | None = None, since: dt.datetime | None = None) -> list[Indicator]:
         self._read()
         query = select(Indicator).order_by(Indicator.last_seen.desc(), Indicator.address)
@@ -794,6 +837,38 @@ def _evidence(evidence: dict[str, Any], alert: NewAlert) -> dict[str, Any]:
     frames = [*evidence.get("frames", []), *alert.frames][:MAX_EVIDENCE]
     raw = [*evidence.get("raw", []), *(h[:RAW_HEX] for h in alert.raw)][:MAX_EVIDENCE]
     return {"frames": frames, "raw": raw, "details": {**evidence.get("details", {}), **alert.details}}
+
+
+@dataclass(slots=True)
+class IndicatorSource:
+    """One decoy's part of a shared indicator (shown to platform operators only)."""
+
+    tenant_id: str
+    tenant_name: str
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    sightings: int
+
+
+@dataclass(slots=True)
+class SharedIndicator:
+    """An address as the platform's decoys saw it, summed over them."""
+
+    address: str
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    sightings: int = 0
+    protocols: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    notable: list[str] = field(default_factory=list)
+    sources: list[IndicatorSource] = field(default_factory=list)
+
+    def add(self, row: Indicator) -> None:
+        self.first_seen, self.last_seen = min(self.first_seen, row.first_seen), max(self.last_seen, row.last_seen)
+        self.sightings += row.sightings
+        self.protocols = sorted({*self.protocols, *row.protocols})
+        self.counts = dict(Counter(self.counts) + Counter(row.counts))
+        self.notable = [*self.notable, *(n for n in row.notable if n not in self.notable)]
 
 
 def _fold_sighting(row: Indicator, sighting: Sighting) -> None:

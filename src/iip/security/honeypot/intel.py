@@ -2,10 +2,10 @@
 
 Nobody has business with a decoy, so every source that reaches it is suspect; what it did says
 how much. Per source: first and last seen, connections and requests, the protocols it spoke, and
-the notable actions - writes, CPU stop/start, block download/upload, identification reads (Modbus
-43/14 and report server id, S7 SZL 0x0011/0x001C: what scanners such as nmap's s7-info and
-modbus-discover send), clock setting, password attempts, malformed frames, and a scan across both
-services. Pure code: sightings in, indicators out.
+the notable actions - writes, CPU stop/start, block download/upload/delete, block listing,
+identification reads (Modbus 43/14 and report server id, S7 SZL 0x0011/0x001C: what scanners
+such as nmap's s7-info and modbus-discover send), clock setting, password attempts, malformed
+frames, and a scan across both services. Pure code: sightings in, indicators out.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from iip.security.protocols.base import IcsMessage, IcsProtocol
 
 WRITE, STOP_CPU, START_CPU, IDENTIFICATION = "write", "stop_cpu", "start_cpu", "identification"
 DOWNLOAD, UPLOAD, SET_CLOCK, PASSWORD = "download", "upload", "set_clock", "password"
+DELETE, BLOCK_LISTING = "delete", "block_listing"
 MALFORMED, S7COMM_PLUS, SCAN_BOTH_SERVICES, CONNECT_ONLY = (
     "malformed",
     "s7comm_plus",
     "scan_both_services",
     "connect_only",
 )
-HIGH_SEVERITY = frozenset({WRITE, STOP_CPU, START_CPU, DOWNLOAD, SET_CLOCK, PASSWORD})
-MEDIUM_SEVERITY = frozenset({IDENTIFICATION, UPLOAD, SCAN_BOTH_SERVICES, MALFORMED, S7COMM_PLUS})
+HIGH_SEVERITY = frozenset({WRITE, STOP_CPU, START_CPU, DOWNLOAD, DELETE, SET_CLOCK, PASSWORD})
+MEDIUM_SEVERITY = frozenset({IDENTIFICATION, UPLOAD, BLOCK_LISTING, SCAN_BOTH_SERVICES, MALFORMED, S7COMM_PLUS})
 
 MODBUS_WRITES = frozenset({5, 6, 15, 16, 21, 22, 23})
 MODBUS_IDENTIFICATION = frozenset({17, 43})
@@ -41,7 +42,15 @@ S7_ACTIONS = {
     "START_UPLOAD": UPLOAD,
     "UPLOAD": UPLOAD,
 }
-S7_SUBFUNCTION_ACTIONS = {"SET_CLOCK": SET_CLOCK, "SET_CLOCK_2": SET_CLOCK, "PLC_PASSWORD": PASSWORD}
+S7_SUBFUNCTION_ACTIONS = {
+    "SET_CLOCK": SET_CLOCK,
+    "SET_CLOCK_2": SET_CLOCK,
+    "PLC_PASSWORD": PASSWORD,
+    "LIST_BLOCKS": BLOCK_LISTING,
+    "LIST_BLOCKS_OF_TYPE": BLOCK_LISTING,
+    "GET_BLOCK_INFO": BLOCK_LISTING,
+}
+S7_BLOCK_PI_ACTIONS = {"_DELE": DELETE, "_INSE": DOWNLOAD}  # delete a block; activate a downloaded one
 
 
 def notable_actions(message: IcsMessage) -> set[str]:
@@ -70,6 +79,8 @@ def _s7_actions(message: IcsMessage) -> set[str]:
         action = S7_ACTIONS[message.function_name]
     elif message.function_name == "PI_SERVICE" and fields.get("pi_service") == "P_PROGRAM":
         action = START_CPU
+    elif message.function_name == "PI_SERVICE" and fields.get("pi_service") in S7_BLOCK_PI_ACTIONS:
+        action = S7_BLOCK_PI_ACTIONS[str(fields["pi_service"])]
     elif subfunction == "READ_SZL" and fields.get("szl_id") in IDENTIFICATION_SZL:
         action = IDENTIFICATION
     else:

@@ -1,4 +1,5 @@
-"""The decoy's Modbus/TCP face: reads, writes (kept and reported), 43/14 device identification.
+"""The decoy's Modbus/TCP face: reads, writes (kept and reported), mask write (22) and read/write
+multiple registers (23) on the holding registers, 43/14 device identification.
 
 Requests are read by the monitor's own codec (`iip.security.protocols.modbus`), so a sighting
 carries exactly the record passive monitoring would have produced. Answers follow the Modbus
@@ -18,6 +19,7 @@ from iip.security.protocols.modbus import MEI_READ_DEVICE_IDENTIFICATION, Modbus
 
 ILLEGAL_FUNCTION, ILLEGAL_DATA_ADDRESS, ILLEGAL_DATA_VALUE = 1, 2, 3
 MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_BITS, MAX_WRITE_REGISTERS = 2000, 125, 1968, 123
+MAX_READ_WRITE_READ, MAX_READ_WRITE_WRITE = 125, 121  # function 23, §6.17
 CONFORMITY_REGULAR_AND_INDIVIDUAL = 0x82
 READ_CODES_LAST_OBJECT = {1: 0x02, 2: 0x06, 3: 0x06}  # basic, regular, extended stream access
 
@@ -72,6 +74,8 @@ class ModbusResponder:
             return self._write_coils(function, request)
         if function in (6, 16):
             return self._write_registers(function, request)
+        if function in (22, 23):
+            return self._mask_write(request) if function == 22 else self._read_write(request)
         if function == 43 and request.fields.get("mei_type") == MEI_READ_DEVICE_IDENTIFICATION:
             return self._identification(request)
         return bytes([function | 0x80, ILLEGAL_FUNCTION])
@@ -110,6 +114,33 @@ class ModbusResponder:
         if function == 6:
             return struct.pack(">BHH", function, address, values[0])
         return struct.pack(">BHH", function, address, len(values))
+
+    def _mask_write(self, request: IcsMessage) -> bytes:
+        """22: register = (current AND and_mask) OR (or_mask AND NOT and_mask); the answer echoes the request."""
+        address = request.address or 0
+        and_mask, or_mask = int(request.fields["and_mask"]), int(request.fields["or_mask"])
+        current = self.image.holding_registers(address, 1)
+        if current is None:
+            return bytes([22 | 0x80, ILLEGAL_DATA_ADDRESS])
+        value = (current[0] & and_mask) | (or_mask & ~and_mask & 0xFFFF)
+        self.image.write_registers(address, [value])
+        return struct.pack(">BHHH", 22, address, and_mask, or_mask)
+
+    def _read_write(self, request: IcsMessage) -> bytes:
+        """23: both ranges checked first, then the write, then the read (which sees the write)."""
+        fields = request.fields
+        read_address, read_quantity = int(fields["read_start_address"]), int(fields["read_quantity"])
+        write_address, values = int(fields["write_start_address"]), [int(v) for v in fields["write_registers"]]
+        if not (1 <= read_quantity <= MAX_READ_WRITE_READ and 1 <= len(values) <= MAX_READ_WRITE_WRITE):
+            return bytes([23 | 0x80, ILLEGAL_DATA_VALUE])
+        if (
+            self.image.holding_registers(read_address, read_quantity) is None
+            or self.image.holding_registers(write_address, len(values)) is None
+        ):
+            return bytes([23 | 0x80, ILLEGAL_DATA_ADDRESS])
+        self.image.write_registers(write_address, values)
+        registers = self.image.holding_registers(read_address, read_quantity) or []
+        return bytes([23, 2 * read_quantity]) + struct.pack(f">{read_quantity}H", *registers)
 
     def _identification(self, request: IcsMessage) -> bytes:
         """43/14: stream access (codes 1-3) from `object_id`, or one object (code 4)."""

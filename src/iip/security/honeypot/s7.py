@@ -3,9 +3,11 @@
 COTP connect, setup communication, SZL reads of the identification lists (0x0011 module, 0x001C
 component, 0x0424 CPU status and the list of lists 0x0000) answered from the identity, the clock,
 read var on DB/M/I/Q with the process image, write var kept and reported, PLC stop and start
-accepted (and seen in 0x0424 afterwards). Everything else gets the error a CPU gives for a
-function it does not offer. Long SZL answers go out in pieces like a real CPU's, so a client
-must ask for the rest.
+accepted (and seen in 0x0424 afterwards), the block functions (list blocks, list blocks of type,
+get block info) answered from the program of `blocks.program_for`, and block upload, download and
+delete refused as a protected CPU of the line refuses them. Everything else gets the error a CPU
+gives for a function it does not offer. Long SZL answers and block lists go out in pieces like a
+real CPU's, so a client must ask for the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from iip.security.honeypot import blocks
 from iip.security.honeypot.connection import Exchange
 from iip.security.honeypot.identity import PlcIdentity, seeded_random
 from iip.security.honeypot.registers import ProcessImage
@@ -38,10 +41,17 @@ class CpuState:
     mode: int = MODE_RUN
 
 
+BLOCK_TRANSFER_JOBS = frozenset(s7comm.BLOCK_TRANSFER_FUNCTIONS)
+BLOCK_PI_SERVICES = frozenset({"_DELE", "_INSE"})  # delete a block, activate a downloaded one
+METHOD_FOLLOW_UP = 0x12
+
+
 @dataclass(slots=True)
 class _Pending:
-    """The rest of a long SZL answer, waiting for the client's follow-up request."""
+    """The rest of a long userdata answer, waiting for the client's follow-up request."""
 
+    group: int
+    subfunction: int
     sequence: int
     chunks: list[bytes] = field(default_factory=list)
 
@@ -100,6 +110,7 @@ class S7Responder:
         self.pdu_length = identity.pdu_length or 240
         self.sequence = 0
         self.pending: _Pending | None = None
+        self.program = blocks.program_for(identity)
 
     def receive(self, data: bytes) -> list[Exchange]:
         messages = self.decoder.feed(data)
@@ -163,13 +174,20 @@ class S7Responder:
             return self._read_var(reference, message.fields.get("items", []))
         if function == s7comm.FUNC_WRITE_VAR:
             return self._write_var(reference, message.fields.get("items", []), message.fields.get("data_items", []))
+        return s7comm.encode_function_ack(reference, function, error=self._control(function, message))
+
+    def _control(self, function: int, message: IcsMessage) -> int:
+        """Stop, start, block transfers: the error code of the acknowledgement (0: done)."""
+        service = message.fields.get("pi_service")
         if function == s7comm.FUNC_PLC_STOP:
             self.state.mode = MODE_STOP
-            return s7comm.encode_function_ack(reference, function)
-        if function == s7comm.FUNC_PI_SERVICE and message.fields.get("pi_service") == "P_PROGRAM":
+            return 0
+        if function == s7comm.FUNC_PI_SERVICE and service == "P_PROGRAM":
             self.state.mode = MODE_RUN
-            return s7comm.encode_function_ack(reference, function)
-        return s7comm.encode_function_ack(reference, function, error=s7comm.ERROR_CONTEXT_NOT_SUPPORTED)
+            return 0
+        if function in BLOCK_TRANSFER_JOBS or (function == s7comm.FUNC_PI_SERVICE and service in BLOCK_PI_SERVICES):
+            return self.program.refusal
+        return s7comm.ERROR_CONTEXT_NOT_SUPPORTED
 
     def _read_var(self, reference: int, items: list[dict[str, Any]]) -> bytes:
         encoded = [self._read_item(item) for item in items]
@@ -219,8 +237,12 @@ class S7Responder:
     def _userdata(self, message: IcsMessage) -> bytes:
         group, subfunction = message.function or 0, int(message.fields.get("subfunction_code", 0))
         reference = message.transaction or 0
+        if message.fields.get("method") == METHOD_FOLLOW_UP:  # the client asks for the next piece
+            return self._next_piece(reference, group, subfunction)
         if group == s7comm.GROUP_CPU and subfunction == s7comm.SUBFUNCTION_READ_SZL:
             return self._read_szl(reference, message)
+        if group == s7comm.GROUP_BLOCK and subfunction in (1, 2, 3):
+            return self._block_function(reference, subfunction, message)
         if group == s7comm.GROUP_TIME and subfunction in (1, 3):
             clock = s7comm.encode_clock(dt.datetime.fromtimestamp(self.clock(), dt.UTC))
             return s7comm.encode_userdata_response(
@@ -236,18 +258,43 @@ class S7Responder:
 
     def _read_szl(self, reference: int, message: IcsMessage) -> bytes:
         group, subfunction = s7comm.GROUP_CPU, s7comm.SUBFUNCTION_READ_SZL
-        if message.fields.get("method") == 0x12:  # the client asks for the next piece
-            return self._next_piece(reference)
         szl_id, index = int(message.fields.get("szl_id", -1)), int(message.fields.get("szl_index", 0))
         payload = self._szl_payload(szl_id, index)
         if payload is None:
             return s7comm.encode_userdata_response(
                 reference, group=group, subfunction=subfunction, sequence=0, error=s7comm.ERROR_SZL_INVALID_ID
             )
+        return self._in_pieces(reference, group, subfunction, payload)
+
+    def _block_function(self, reference: int, subfunction: int, message: IcsMessage) -> bytes:
+        """List blocks (1), list blocks of type (2), get block info (3) from the CPU's program."""
+        group = s7comm.GROUP_BLOCK
+        payload = bytes(message.values[0]) if message.values else b""
+        if subfunction == 1:
+            return self._in_pieces(reference, group, subfunction, blocks.list_blocks_payload(self.program))
+        if subfunction == 2:
+            kind = payload[1] if len(payload) >= 2 else -1
+            listed = blocks.blocks_of_type_payload(self.program, kind)
+            if not listed:  # no block of that type: "object does not exist"
+                return s7comm.encode_userdata_response(
+                    reference, group=group, subfunction=subfunction, sequence=0, return_code=0x0A
+                )
+            return self._in_pieces(reference, group, subfunction, listed)
+        wanted = blocks.requested_block(payload)
+        block = self.program.find(*wanted) if wanted else None
+        if block is None:
+            return s7comm.encode_userdata_response(
+                reference, group=group, subfunction=subfunction, sequence=0, error=blocks.ERROR_BLOCK_NOT_FOUND
+            )
+        return self._in_pieces(reference, group, subfunction, blocks.block_info_payload(block))
+
+    def _in_pieces(self, reference: int, group: int, subfunction: int, payload: bytes) -> bytes:
+        """The first piece of an answer that may not fit the PDU; the rest waits for follow-ups."""
         room = self.pdu_length - USERDATA_OVERHEAD
-        chunks = [payload[i : i + room] for i in range(0, len(payload), room)]
+        room -= room % 4 if group == s7comm.GROUP_BLOCK else 0  # block entries are not split
+        chunks = [payload[i : i + room] for i in range(0, len(payload), room)] or [b""]
         self.sequence = self.sequence % 255 + 1
-        self.pending = _Pending(self.sequence, chunks[1:]) if len(chunks) > 1 else None
+        self.pending = _Pending(group, subfunction, self.sequence, chunks[1:]) if len(chunks) > 1 else None
         return s7comm.encode_userdata_response(
             reference,
             group=group,
@@ -258,20 +305,25 @@ class S7Responder:
             more=self.pending is not None,
         )
 
-    def _next_piece(self, reference: int) -> bytes:
-        group, subfunction = s7comm.GROUP_CPU, s7comm.SUBFUNCTION_READ_SZL
-        if self.pending is None or not self.pending.chunks:
+    def _next_piece(self, reference: int, group: int, subfunction: int) -> bytes:
+        pending = self.pending
+        if pending is None or not pending.chunks or (pending.group, pending.subfunction) != (group, subfunction):
             self.pending = None
             return s7comm.encode_userdata_response(
                 reference, group=group, subfunction=subfunction, sequence=0, error=s7comm.ERROR_CONTEXT_NOT_SUPPORTED
             )
-        chunk = self.pending.chunks.pop(0)
-        more = bool(self.pending.chunks)
-        sequence = self.pending.sequence
+        chunk = pending.chunks.pop(0)
+        more = bool(pending.chunks)
         if not more:
             self.pending = None
         return s7comm.encode_userdata_response(
-            reference, group=group, subfunction=subfunction, sequence=sequence, payload=chunk, data_unit=0xD5, more=more
+            reference,
+            group=group,
+            subfunction=subfunction,
+            sequence=pending.sequence,
+            payload=chunk,
+            data_unit=0xD5,
+            more=more,
         )
 
     def _szl_payload(self, szl_id: int, index: int) -> bytes | None:
