@@ -28,7 +28,7 @@ from iip.analytics.monitoring.classify import FaultClassifier
 from iip.analytics.monitoring.pca import PcaMonitor
 from iip.analytics.public import LIMIT_EXCEEDED, RUL_LOW, score_metric
 from iip.analytics.rul import RulModel
-from iip.analytics.scoring import SCORING_SERVICE, LiveScorer, ScoringRunner, scoring_lifespan
+from iip.analytics.scoring import SCORING_SERVICE, LiveScorer, RulScorer, ScoringRunner, scoring_lifespan
 from iip.analytics.service import AnalyticsService, DeployedVersion
 from iip.kernel.auth import Principal, Role
 from iip.kernel.bus import Delivery, MemoryBus
@@ -271,6 +271,45 @@ def test_a_deployed_rul_model_estimates_each_cycle_and_warns_below_its_threshold
     assert curve.point[-1] < 40
 
 
+def test_a_live_rul_unit_keeps_a_bounded_state_and_estimates_as_from_its_whole_history(
+    rul_training: bytes,
+) -> None:
+    from iip.analytics.rul import histories_from_table
+    from iip.analytics.training import read_file
+
+    table = read_file(rul_training, "fleet.csv", purpose="training", unit_column="unit", variables=RUL_VARIABLES)
+    model = RulModel.fit(histories_from_table(table.data, np.asarray(table.units)), RUL_VARIABLES, cap=RUL_CAP,
+                         **RUL_QUICK)  # fmt: skip
+    rng = np.random.default_rng(4)
+    # A long-lived unit: three lives end to end, 600 cycles fed in batches of uneven size.
+    unit = np.vstack([degrading_unit(rng, 200) for _ in range(3)])
+    scorer = RulScorer(rul_deployed(model, {"interval_ms": STEP_MS, "since_ms": START_MS}), model)
+    got: dict[int, float] = {}
+    held: list[int] = []
+    first = 0
+    for size in itertools.cycle([1, 7, 30, 2, 61]):
+        if first >= unit.shape[0]:
+            break
+        batch = unit_batch("t", unit[first : first + size], first)
+        columns = np.array([RUL_VARIABLES.index(s[1]) for s in batch.series], dtype=np.int64)[batch.series_index]
+        block = scorer.take(np.asarray(batch.ts_ms), columns, np.asarray(batch.value), now=0.0)
+        if block is not None:
+            got.update(
+                zip(((block.times_ms - START_MS) // STEP_MS).tolist(), block.statistics["rul"].tolist(), strict=True)
+            )
+        held.append(scorer.tracker.held_values)
+        first += size
+    # What it keeps does not grow with the unit's age: the window's look-back and two rows, no more.
+    window = int(model.params["window"])
+    assert scorer.tracker.cycles == unit.shape[0] - 1  # the last cycle stays open
+    assert max(held) == (window + 1) * len(RUL_VARIABLES)
+    assert not hasattr(scorer, "history")
+    # Every estimate is the one of the whole history up to that cycle, to the last bit.
+    reference = model.predict_cycles(unit[:-1])
+    assert sorted(got) == list(range(unit.shape[0] - 1))
+    np.testing.assert_array_equal([got[c] for c in range(unit.shape[0] - 1)], reference.point)
+
+
 async def test_rul_live_through_the_bus_and_a_restart_keeps_the_units_age(
     runtime: Runtime, tenant_a: TenantFixture, rul_training: bytes
 ) -> None:
@@ -309,7 +348,7 @@ async def test_rul_live_through_the_bus_and_a_restart_keeps_the_units_age(
         async with scoring_lifespan(runtime):
             runner = runtime.services[SCORING_SERVICE]
             [scorer] = runner.scorers.values()
-            assert scorer.history.shape[0] == 120  # type: ignore[union-attr]
+            assert scorer.tracker.cycles == 120  # type: ignore[union-attr]
             for first in range(120, 200, 40):
                 await bus.publish(TELEMETRY_POINTS, unit_batch(tenant_a.id, unit[first : first + 40], first))
             await eventually(lambda: 198_000 in stored(runtime, tenant_a, metric))

@@ -183,6 +183,109 @@ def test_deploy_and_retire_and_what_a_viewer_may_do(client: TestClient, runtime:
     assert client.get("/api/analytics/deployments", headers=tenant.headers()).json() == []
 
 
+def card(html: str, number: int) -> str:
+    """One version's card on a model's page, its forms included."""
+    start = html.index(f'id="version-{number}"')
+    return html[start : html.index("</section>", start)]
+
+
+def deployments_of(client: TestClient, tenant: TenantFixture) -> dict[str, dict[str, Any]]:
+    listed = client.get("/api/analytics/deployments", headers=tenant.headers()).json()
+    return {f"{d['model']}@{d['version']}/{d['device']}": d["settings"] for d in listed}
+
+
+def test_deploying_a_rul_model_takes_its_threshold_interval_and_start(client: TestClient, runtime: Runtime) -> None:
+    tenant, token = people(client, runtime)
+    fleet, _ = rul_fleet_csv(12)
+    train(client, tenant, fleet, name="engine", kind="rul", unit_column="unit", variables=",".join(RUL_VARIABLES),
+          parameters=json.dumps(RUL_QUICK))  # fmt: skip
+    page = assert_html(client.get("/analytics/models/engine"), 200)
+    form = card(page, 1)
+    for name in ("device", "threshold", "interval", "since", "staleness"):
+        assert f'name="{name}"' in form
+    assert 'name="classifier"' not in form
+    deploy = "/analytics/models/engine/versions/1/deploy"
+    good = {"csrf_token": token, "device": "engine-a", "threshold": "30", "interval": "60", "since": "2026-01-05T08:00"}
+    # The API's bounds, as form errors; nothing deployed.
+    refused = assert_html(client.post(deploy, data={**good, "threshold": "-1", "interval": "0"}), 422)
+    assert "Enter a number from 0 to 1e+06." in refused
+    assert "Enter a number above 0 and at most 86400." in refused
+    assert 'value="-1"' in refused  # the form shown again as sent
+    late = assert_html(client.post(deploy, data={**good, "since": "yesterday"}), 422)
+    assert "Enter a date and time, e.g. 2026-01-05 08:00." in late
+    # A file-trained version has no interval of its own: the service's reason is shown in the form.
+    no_interval = assert_html(client.post(deploy, data={**good, "interval": ""}), 422)
+    assert "Not done: give the sample interval: version 1 was not trained on telemetry" in unescape(no_interval)
+    assert deployments_of(client, tenant) == {}
+
+    done = client.post(deploy, data=good, follow_redirects=False)
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] == "/analytics/models/engine#version-1"
+    settings = deployments_of(client, tenant)["engine@1/engine-a"]
+    assert settings == {"rul_threshold": 30.0, "interval_ms": 60_000, "since_ms": START_MS}
+    page = assert_html(client.get("/analytics/models/engine"), 200)
+    assert rows_of(page, "version-1", "data-device") == ["engine-a"]
+    shown = text_of(card(page, 1))
+    assert "rul_threshold 30" in shown
+    assert "since_ms 2026-01-05 08:00:00 UTC" in shown
+    again = assert_html(client.post(deploy, data=good), 409)
+    assert "Not done: version 1 of 'engine' is already deployed to 'engine-a'" in unescape(again)
+
+
+def test_deploying_a_monitor_with_a_fault_classifier_and_a_classifier_beside_a_monitor(
+    client: TestClient, runtime: Runtime
+) -> None:
+    tenant, token = people(client, runtime, "zh-CN")
+    train(client, tenant, csv_bytes(normal_data(300)))
+    data = normal_data(400, seed=5)
+    labelled = csv_bytes(
+        np.vstack([data[:200], faulty(data[200:], "flow", 3.0)]), labels=["normal"] * 200 + ["flow"] * 200
+    )
+    train(client, tenant, labelled, name="faults", kind="classifier", label_column="label")
+    page = assert_html(client.get("/analytics/models/reactor"), 200)
+    assert 'name="classifier"' in card(page, 1)
+    assert 'name="threshold"' not in card(page, 1)
+    deploy = "/analytics/models/reactor/versions/1/deploy"
+    unknown = assert_html(client.post(deploy, data={"csrf_token": token, "device": "p-1", "classifier": "nope"}), 404)
+    assert "未执行" in unknown
+    assert "nope" in unescape(unknown)
+    long_name = assert_html(
+        client.post(deploy, data={"csrf_token": token, "device": "p-1", "classifier": "x" * 130}), 422
+    )
+    assert "请按 名称 或 名称@版本 输入模型版本。" in long_name
+    stale = assert_html(client.post(deploy, data={"csrf_token": token, "device": "p-1", "staleness": "90000"}), 422)
+    assert "86400" in stale
+    done = client.post(deploy, data={"csrf_token": token, "device": "p-1", "classifier": "faults@1", "staleness": "5"},
+                       follow_redirects=False)  # fmt: skip
+    assert done.status_code == 303, done.text
+    settings = deployments_of(client, tenant)["reactor@1/p-1"]
+    assert settings["classifier"] == "faults@1"
+    assert settings["staleness_s"] == 5.0
+
+    # A classifier's page deploys the monitor named beside it.
+    page = assert_html(client.get("/analytics/models/faults"), 200)
+    form = card(page, 1)
+    assert 'name="monitor"' in form
+    assert 'data-kind="classifier"' in form
+    assert "分类器随过程监控模型部署" in page
+    beside = "/analytics/models/faults/versions/1/deploy"
+    missing = assert_html(client.post(beside, data={"csrf_token": token, "device": "p-2"}), 422)
+    assert "请按 名称 或 名称@版本 输入模型版本。" in missing
+    itself = assert_html(client.post(beside, data={"csrf_token": token, "device": "p-2", "monitor": "faults"}), 422)
+    assert "a classifier is not deployed on its own" in unescape(itself)
+    done = client.post(
+        beside, data={"csrf_token": token, "device": "p-2", "monitor": "reactor@1"}, follow_redirects=False
+    )
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] == "/analytics/models/reactor#version-1"
+    settings = deployments_of(client, tenant)["reactor@1/p-2"]
+    assert settings["classifier"] == "faults@1"
+    page = assert_html(client.get("/analytics/models/reactor"), 200)
+    assert "监控模型已随此分类器部署。" in page
+    assert sorted(re.findall(r'<tr data-device="([^"]+)"', card(page, 1))) == ["p-1", "p-2"]
+    assert len(audit_entries(runtime, "analytics.model.deploy")) == 2
+
+
 # --- monitoring chart and contributions -------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from iip.cli.context import cli_principal, fail, out_console, state, unit_of_work
 
 if TYPE_CHECKING:
-    from iip.analytics.service import AnalyticsService, Evaluation, RulReport
+    from iip.analytics.service import AnalyticsService, Classification, Evaluation, RulReport
 
 analytics_app = typer.Typer(
     help="Analytics models: train, evaluate, score, list, deploy, retire.", no_args_is_help=True
@@ -318,7 +318,7 @@ def _evaluate(
     label_column: str | None,
     time_column: str | None,
     unit_column: str | None,
-) -> tuple[Evaluation | RulReport, str]:
+) -> tuple[Evaluation | RulReport | Classification, str]:
     name, number = _reference(reference)
     content = _read(file)
     with unit_of_work(ctx) as session:
@@ -330,6 +330,11 @@ def _evaluate(
                 raise fail(f"{label} is a rul model: name the --unit-column of the file")
             report = service.rul_file(version, content, file.name, unit_column=unit_column, truth_column=label_column)
             return report, label
+        if version.kind == "classifier":
+            found = service.classify_file(
+                version, content, file.name, label_column=label_column, time_column=time_column
+            )
+            return found, label
         evaluation = service.evaluate_file(
             version, content, file.name, label_column=label_column, time_column=time_column
         )
@@ -365,12 +370,17 @@ def evaluate_command(
     """Evaluate a version on a file: alarm rate, and false-alarm and detection rates with --label-column.
 
     For a rul model: the RUL of each unit at its latest cycle, and the RMSE against --label-column.
+    For a classifier (--label-column required): accuracy, each class's recall and precision, the
+    confusion matrix.
     """
-    from iip.analytics.service import RulReport
+    from iip.analytics.service import Classification, RulReport
 
     result, label = _evaluate(ctx, tenant, model, file, label_column, time_column, unit_column)
     if isinstance(result, RulReport):
         _rul_summary(result, label, file, out, as_json)
+        return
+    if isinstance(result, Classification):
+        _classification_summary(result, label, file, out, as_json)
         return
     evaluation = result
     scores = evaluation.scores
@@ -408,6 +418,34 @@ def evaluate_command(
     _line(text)
 
 
+def _classification_summary(found: Classification, label: str, file: Path, out: Path | None, as_json: bool) -> None:
+    report = found.report
+    if out is not None:
+        labels = found.table.labels or []
+        rows = [[i, labels[i], guess] for i, guess in enumerate(found.predicted)]
+        _write_rows(["row", "label", "predicted"], rows, out, _format(out, None))
+    if as_json:
+        typer.echo(json.dumps({"model": label, **report}, ensure_ascii=False, indent=2))
+        return
+    classes = report["confusion"]["classes"]
+    lines = [
+        f"{label} on {file.name}: accuracy {_rate(report['accuracy'])} on {report['classified_rows']} of "
+        f"{report['rows']} rows classified"
+    ]
+    for name in classes:
+        lines.append(
+            f"  {name}: recall {_rate(report['per_class_recall'][name])}, "
+            f"precision {_rate(report['per_class_precision'][name])}"
+        )
+    width = max(len(c) for c in classes)
+    lines.append("confusion (rows: true class, columns: predicted):")
+    lines.append(" " * (width + 2) + " ".join(f"{c:>{max(len(c), 6)}}" for c in classes))
+    for name, counts in zip(classes, report["confusion"]["matrix"], strict=True):
+        cells = " ".join(f"{n:>{max(len(c), 6)}}" for c, n in zip(classes, counts, strict=True))
+        lines.append(f"  {name:<{width}}{cells}")
+    typer.echo("\n".join(lines))
+
+
 def _rul_summary(report: RulReport, label: str, file: Path, out: Path | None, as_json: bool) -> None:
     if out is not None:
         _write_rows(*_rul_rows(report), out, _format(out, None))
@@ -439,13 +477,15 @@ def score_command(
 
     For a rul model: per unit, the RUL at its latest cycle and its interval.
     """
-    from iip.analytics.service import RulReport
+    from iip.analytics.service import Classification, RulReport
 
     chosen = _format(out, output_format)
-    result, _ = _evaluate(ctx, tenant, model, file, None, time_column, unit_column)
+    result, label = _evaluate(ctx, tenant, model, file, None, time_column, unit_column)
     if isinstance(result, RulReport):
         _write_rows(*_rul_rows(result), out, chosen)
         return
+    if isinstance(result, Classification):  # refused without labels; evaluate names them
+        raise fail(f"{label} is a classifier: evaluate it with --label-column")
     _write_rows(*_rows(result), out, chosen)
 
 

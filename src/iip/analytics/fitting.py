@@ -290,6 +290,40 @@ def confusion(
     }
 
 
+def classification_report(
+    classifier: FaultClassifier, runs: list[tuple[str, np.ndarray[Any, np.dtype[np.float64]]]]
+) -> tuple[dict[str, Any], list[str | None]]:
+    """Accuracy, each class's recall and precision and the confusion matrix (rows: true class, columns:
+    predicted) of labelled runs whose labels are all classes of the classifier; and the class predicted
+    at each row (None where it could not be classified: its first `lags` rows, or a missing value)."""
+    classes = list(classifier.classes)
+    index = {name: k for k, name in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    predicted_rows: list[str | None] = []
+    for label, rows in runs:
+        predicted = classifier.predict(rows)
+        predicted_rows.extend(predicted)
+        for guess in predicted:
+            if guess is not None:
+                matrix[index[label], index[guess]] += 1
+    total = int(matrix.sum())
+
+    def share(hits: int, count: int) -> float | None:
+        return round(hits / count, 6) if count else None
+
+    report = {
+        "rows": len(predicted_rows),
+        "classified_rows": total,
+        "accuracy": share(int(np.trace(matrix)), total),
+        "per_class_recall": {name: share(int(matrix[k, k]), int(matrix[k].sum())) for k, name in enumerate(classes)},
+        "per_class_precision": {
+            name: share(int(matrix[k, k]), int(matrix[:, k].sum())) for k, name in enumerate(classes)
+        },
+        "confusion": {"classes": classes, "matrix": matrix.tolist()},
+    }
+    return report, predicted_rows
+
+
 def load_model(state: bytes) -> Model:
     """The model a stored state describes; a state holding anything but numbers and JSON is refused."""
     meta, arrays = state_from_bytes(state)
@@ -308,6 +342,7 @@ __all__ = [
     "Model",
     "ModelStateError",
     "check_parameters",
+    "classification_report",
     "confusion",
     "fit_model",
     "load_model",

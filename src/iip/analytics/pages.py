@@ -25,8 +25,8 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from iip.analytics import views
-from iip.analytics.fitting import RUL
-from iip.analytics.models import Model, ModelVersion
+from iip.analytics.fitting import CLASSIFIER, RUL
+from iip.analytics.models import Deployment, Model, ModelVersion
 from iip.analytics.service import AnalyticsService, time_ms
 from iip.analytics.spc import MAX_SUBGROUP, MIN_SUBGROUP
 from iip.analytics.training import read_file
@@ -218,6 +218,21 @@ def interval_text(version: ModelVersion) -> str:
     return f"{seconds:g}" if seconds is not None else ""
 
 
+def deployment_settings(deployment: Deployment) -> list[tuple[str, str]]:
+    """A deployment's settings as the API names them, each with its value as the page shows it."""
+    out: list[tuple[str, str]] = []
+    for name, value in sorted((deployment.settings or {}).items()):
+        if name == "classifier_version_id":
+            continue  # `classifier` names it
+        if name == "since_ms" and isinstance(value, int):
+            out.append((name, format_ms(value)))
+        elif isinstance(value, float):
+            out.append((name, format_value(value)))
+        else:
+            out.append((name, str(value)))
+    return out
+
+
 def default_window() -> tuple[dt.datetime, dt.datetime]:
     end = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
     return end - DEFAULT_WINDOW, end
@@ -278,6 +293,8 @@ def _model_page(
             "errors": (form or FormState()).errors,
             "form_version": form_version,
             "problem": problem,
+            "deployment_settings": deployment_settings,
+            "interval_of": interval_text,
             **shared(identity),
         },
         status_code=status,
@@ -309,7 +326,7 @@ def _deployment_action(
     ref: str,
     number: str,
     form: FormState,
-    act: Callable[[AnalyticsService, ModelVersion], None],
+    act: Callable[[AnalyticsService, ModelVersion], str | None],
     notice: str,
 ) -> Response:
     """Deploy or retire; back to the model's page, or that page again with the reason it was refused."""
@@ -319,7 +336,7 @@ def _deployment_action(
     audit_object(request, "analytics_model_version", version.id)
     if form.ok:
         try:
-            act(service, version)
+            elsewhere = act(service, version)
         except (Conflict, Invalid, NotFound) as err:
             session.rollback()
             status = 409 if isinstance(err, Conflict) else 404 if isinstance(err, NotFound) else 422
@@ -328,8 +345,25 @@ def _deployment_action(
                 request, session, identity, ref, form=form, form_version=version.version, problem=refused, status=status
             )
         background.add_task(_reload_scorers, get_runtime(request))
-        return redirect(f"{model_url(model, identity)}#version-{version.version}", notice=notice)
+        return redirect(elsewhere or f"{model_url(model, identity)}#version-{version.version}", notice=notice)
     return _model_page(request, session, identity, ref, form=form, form_version=version.version, status=422)
+
+
+REFERENCE_LENGTH = 120  # NAME@VERSION, as the API takes it
+DEPLOY_FIELDS = ("device", "classifier", "monitor", "threshold", "interval", "since", "staleness")
+
+
+def parse_reference(text: str, form: FormState, name: str, *, required: bool) -> str | None:
+    """A model version named NAME or NAME@VERSION (bounded as the API bounds it)."""
+    reference = text.strip()
+    if not reference:
+        if required:
+            form.error(name, N_("Enter a model version as NAME or NAME@VERSION."))
+        return None
+    if len(reference) > REFERENCE_LENGTH or "\x00" in reference:
+        form.error(name, N_("Enter a model version as NAME or NAME@VERSION."))
+        return None
+    return reference
 
 
 @pages_router.post(MODELS_PATH + "/{model}/versions/{version}/deploy", dependencies=CSRF)
@@ -341,17 +375,57 @@ def deploy_version(
     identity: Writer,
     session: DbSession,
     device: FormText = "",
+    classifier: FormText = "",
+    monitor: FormText = "",
+    threshold: FormText = "",
+    interval: FormText = "",
+    since: FormText = "",
+    staleness: FormText = "",
 ) -> Response:
-    form = FormState({"device": device[: DEVICE_LENGTH + 1]})
+    """Deploy a monitor (with a fault classifier if named) or a RUL model to a device; a classifier goes
+    beside a monitor: the monitor is deployed naming it. The settings are checked as the API checks them."""
+    posted = {"device": device, "classifier": classifier, "monitor": monitor, "threshold": threshold}
+    posted.update(interval=interval, since=since, staleness=staleness)
+    form = FormState({name: posted[name][: DEVICE_LENGTH + 1] for name in DEPLOY_FIELDS})
     key = parse_device(device, form)
+    service = _service(request, session, identity)
+    kind = service.get_version(model[:100], version[:40]).kind
+    staleness_s = parse_number(staleness, form, "staleness", low=0, high=MAX_INTERVAL_S, required=False)
+    threshold_cycles = interval_s = start = None
+    classifier_ref = monitor_ref = None
+    if kind == RUL:
+        threshold_cycles = parse_number(threshold, form, "threshold", low=0, high=1e6, required=False)
+        interval_s = parse_number(interval, form, "interval", low=0, high=MAX_INTERVAL_S, low_open=True, required=False)
+        start = parse_time(since, form, "since", required=False)
+    elif kind == CLASSIFIER:
+        monitor_ref = parse_reference(monitor, form, "monitor", required=True)
+    else:
+        classifier_ref = parse_reference(classifier, form, "classifier", required=False)
 
-    def act(service: AnalyticsService, row: ModelVersion) -> None:
-        deployment = service.deploy(row, key or "")
+    def act(service: AnalyticsService, row: ModelVersion) -> str | None:
+        if row.kind == CLASSIFIER:
+            # The classifier is named in the monitor's deployment: that is what gets deployed.
+            target = service.version_by_reference(monitor_ref or "")
+            deployment = service.deploy(target, key or "", classifier=row, staleness_s=staleness_s)
+            audit_object(request, "analytics_deployment", deployment.id)
+            return f"{model_url(service.model_of(target), identity)}#version-{target.version}"
+        named = service.version_by_reference(classifier_ref) if classifier_ref else None
+        deployment = service.deploy(
+            row,
+            key or "",
+            rul_threshold=threshold_cycles,
+            interval_s=interval_s,
+            since=start,
+            classifier=named,
+            staleness_s=staleness_s,
+        )
         audit_object(request, "analytics_deployment", deployment.id)
+        return None
 
-    return _deployment_action(
-        request, session, identity, background, model, version, form, act, N_("The version was deployed.")
+    notice = (
+        N_("The monitor was deployed with this classifier.") if kind == CLASSIFIER else N_("The version was deployed.")
     )
+    return _deployment_action(request, session, identity, background, model, version, form, act, notice)
 
 
 @pages_router.post(MODELS_PATH + "/{model}/versions/{version}/retire", dependencies=CSRF)

@@ -29,8 +29,10 @@ from fastapi import (
 )
 from sqlalchemy.orm import Session
 
+from iip.analytics.fitting import CLASSIFIER
 from iip.analytics.schemas import (
     NAME_PATTERN,
+    ClassificationOut,
     ContributionsBody,
     ContributionsOut,
     DeployBody,
@@ -309,7 +311,11 @@ def evaluate_model_version(
     return evaluation_view(evaluation, service.model_of(row).name)
 
 
-@router.post("/api/analytics/evaluations", response_model=EvaluationOut, responses=problem_responses(404, 413))
+@router.post(
+    "/api/analytics/evaluations",
+    response_model=EvaluationOut | ClassificationOut,
+    responses=problem_responses(404, 413),
+)
 def evaluate_file(
     upload: UploadDep,
     request: Request,
@@ -318,19 +324,37 @@ def evaluate_file(
     model: Annotated[str, Form(max_length=100, pattern=r"^[^\x00]+$", description="the model's id, or its name")],
     version: Annotated[str, Form(max_length=20, pattern=TEXT_FIELD, description="a number; default: the newest")] = "",
     label_column: Annotated[
-        str | None, Form(max_length=200, pattern=TEXT_FIELD, description="0/normal marks a normal row, else a fault")
+        str | None,
+        Form(
+            max_length=200,
+            pattern=TEXT_FIELD,
+            description="monitors: 0/normal marks a normal row, else a fault; classifiers (required): each row's class",
+        ),
     ] = None,
     time_column: Annotated[str | None, Form(max_length=200, pattern=TEXT_FIELD)] = None,
-) -> EvaluationOut:
+) -> EvaluationOut | ClassificationOut:
     """Score an uploaded CSV or Parquet file's rows with a version; with a label column, the
     false-alarm and detection rates too. A variable without a column, or an empty cell, is not
-    filled in: the row is not scored and the variable is named in `missing`."""
+    filled in: the row is not scored and the variable is named in `missing`.
+
+    A classifier version needs the label column: the answer is its accuracy, each class's recall and
+    precision and the confusion matrix on the file's rows (a missing variable column or a label the
+    classifier does not know is refused, 422, naming it)."""
     service = _service(request, session, actor)
     row = service.get_version(model, version or None)
+    if row.kind == CLASSIFIER:
+        found = service.classify_file(
+            row, upload.content, upload.filename, label_column=label_column or None, time_column=time_column or None
+        )
+        return classification_view(found.report, service.model_of(row).name, row.version)
     evaluation = service.evaluate_file(
         row, upload.content, upload.filename, label_column=label_column or None, time_column=time_column or None
     )
     return evaluation_view(evaluation, service.model_of(row).name)
+
+
+def classification_view(report: dict[str, Any], name: str, version: int) -> ClassificationOut:
+    return ClassificationOut(name=name, version=version, **report)
 
 
 @router.post(VERSION + "/score", response_model=ScoreOut, responses=FOUND)

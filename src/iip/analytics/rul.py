@@ -14,7 +14,11 @@ wear and manufacturing variation; the offset removes it). Plus the number of cyc
 The regressor is an ensemble of gradient-boosted trees (scikit-learn's histogram gradient
 boosting), one per fold of units: each is fitted without one fold, predicts that fold's cycles,
 and the ensemble's mean is the point estimate. The held-out residuals, grouped by predicted RUL,
-give split-conformal bounds at the stated coverage (Vovk et al. 2005; Mondrian bins). The trees are
+give split-conformal bounds at the stated coverage (Vovk et al. 2005; Mondrian bins), calibrated
+for a unit stopped at a random cycle once its window is full (`calibration_rows`: each held-out
+unit weighs the same, its first cycles are left out; weighted ranks, Tibshirani et al. 2019).
+A live unit is followed by a `RulTracker`, which keeps a bounded `FeatureState` instead of its
+history and estimates exactly as `predict_cycles` does on the whole of it. The trees are
 stored as plain arrays and evaluated here, so a stored model is JSON plus numbers, never a pickle.
 """
 
@@ -188,26 +192,65 @@ def _slope_weights(length: int) -> FloatArray:
     return weights
 
 
-def cycle_features(z: FloatArray, *, window: int, smoothing: float, baseline_cycles: int) -> FloatArray:
-    """Features of every cycle of one scaled history (rows: cycles), using only earlier cycles."""
+@dataclass(frozen=True, slots=True)
+class FeatureState:
+    """What the features of a unit's next cycles need of its earlier ones: a bounded summary of them.
+
+    `filter` is the exponential smoothing's state, `tail` the last `window - 1` smoothed cycles (the
+    look-back of the window features), `baseline_sum` the sum of the unit's first scaled cycles (up to
+    `baseline_cycles` of them), `cycles` how many it has had. Its size does not grow with the unit's age.
+    """
+
+    cycles: int
+    filter: FloatArray  # (1, p)
+    tail: FloatArray  # (window - 1, p)
+    baseline_sum: FloatArray  # (1, p)
+
+
+def advance_features(
+    z: FloatArray, state: FeatureState | None, *, window: int, smoothing: float, baseline_cycles: int
+) -> tuple[FloatArray, FeatureState]:
+    """Features of the next cycles of one scaled history (rows: cycles) after `state`, and the state after them.
+
+    Fed in pieces, a history gets exactly the features it gets in one piece: every step below runs the
+    same arithmetic in the same order whatever the split.
+    """
     n = z.shape[0]
     # s[t] = a·z[t] + (1 − a)·s[t−1], started at s[0] = z[0].
     decay = 1.0 - smoothing
-    smoothed, _ = lfilter([smoothing], [1.0, -decay], z, axis=0, zi=(decay * z[:1]))
+    initial = decay * z[:1] if state is None else state.filter
+    smoothed, after = lfilter([smoothing], [1.0, -decay], z, axis=0, zi=initial)
     smoothed = np.asarray(smoothed, dtype=np.float64)
     # Before a full window exists, the window is padded with the first cycle (no change yet).
-    padded = np.concatenate([np.repeat(smoothed[:1], window - 1, axis=0), smoothed])
+    before = np.repeat(smoothed[:1], window - 1, axis=0) if state is None else state.tail
+    padded = np.concatenate([before, smoothed])
     windows = sliding_window_view(padded, window, axis=0)  # (n, p, window)
     mean = windows.mean(axis=2)
     slope = windows @ _slope_weights(window)
     short = windows[:, :, -SHORT_SLOPE:] @ _slope_weights(SHORT_SLOPE)
     recent = windows[:, :, -RECENT_MEAN:].mean(axis=2)
-    seen = np.arange(1, n + 1, dtype=np.float64)[:, None]
-    baseline = np.cumsum(z, axis=0) / seen
-    if n > baseline_cycles:
-        baseline[baseline_cycles:] = baseline[baseline_cycles - 1]
+    done = 0 if state is None else state.cycles
+    seen = np.arange(done + 1, done + n + 1, dtype=np.float64)[:, None]
+    carried = np.zeros((1, z.shape[1])) if state is None else state.baseline_sum
+    # The running sum goes on from the carried one: the same additions, in the same order, as in one piece.
+    learning = max(0, min(n, baseline_cycles - done))
+    sums = np.cumsum(np.concatenate([carried, z[:learning]]), axis=0)
+    baseline = np.empty_like(z)
+    baseline[:learning] = sums[1:] / seen[:learning]
+    if learning < n:
+        baseline[learning:] = sums[-1] / float(baseline_cycles)
     offset = smoothed - baseline
-    return np.hstack([smoothed, mean, slope, short, recent, offset, seen])
+    features = np.hstack([smoothed, mean, slope, short, recent, offset, seen])
+    kept = FeatureState(
+        done + n, np.asarray(after, dtype=np.float64), padded[padded.shape[0] - (window - 1) :].copy(), sums[-1:].copy()
+    )
+    return features, kept
+
+
+def cycle_features(z: FloatArray, *, window: int, smoothing: float, baseline_cycles: int) -> FloatArray:
+    """Features of every cycle of one scaled history (rows: cycles), using only earlier cycles."""
+    features, _ = advance_features(z, None, window=window, smoothing=smoothing, baseline_cycles=baseline_cycles)
+    return features
 
 
 def capped_rul(cycles: int, cap: float) -> FloatArray:
@@ -350,32 +393,82 @@ def _require(
 
 
 def conformal_offsets(
-    predicted: FloatArray, actual: FloatArray, *, coverage: float, bins: int
+    predicted: FloatArray,
+    actual: FloatArray,
+    *,
+    coverage: float,
+    bins: int,
+    weights: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Bin edges of predicted RUL and, per bin, the residual offsets (lower, upper) of the interval.
 
     Split conformal per bin: with n residuals r = actual − predicted sorted, the lower offset is the
     ⌊(n+1)·α/2⌋-th smallest and the upper the ⌈(n+1)·(1−α/2)⌉-th (α = 1 − coverage), so each tail
-    holds at most α/2 of exchangeable new residuals.
+    holds at most α/2 of exchangeable new residuals. With `weights` (mean 1), ranks are counted in
+    weight (weighted conformal, Tibshirani et al. 2019): the lower offset is the largest residual whose
+    cumulative weight is at most (W+1)·α/2, the upper the smallest reaching (W+1)·(1−α/2); unit
+    weights give the ranks above. Bin edges are quantiles of the predictions in the same weight.
     """
     alpha = 1.0 - coverage
     minimum = math.ceil(2.0 / alpha)  # rows a bin needs for both order statistics to exist
     bins = max(1, min(bins, predicted.shape[0] // max(minimum, 1)))
-    edges = np.unique(np.quantile(predicted, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+    if weights is None:
+        edges = np.unique(np.quantile(predicted, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+        weights = np.ones_like(predicted)
+    else:
+        order = np.argsort(predicted, kind="stable")
+        cumulative = np.cumsum(weights[order]) / weights.sum()
+        picks = np.searchsorted(cumulative, np.linspace(0.0, 1.0, bins + 1)[1:-1], side="left")
+        edges = np.unique(predicted[order][np.minimum(picks, predicted.shape[0] - 1)])
     which = np.searchsorted(edges, predicted, side="right")
     lower = np.zeros(edges.shape[0] + 1)
     upper = np.zeros(edges.shape[0] + 1)
     for b in range(edges.shape[0] + 1):
-        residuals = np.sort(actual[which == b] - predicted[which == b])
+        chosen = which == b
+        residuals = actual[chosen] - predicted[chosen]
+        order = np.argsort(residuals, kind="stable")
+        residuals, weight = residuals[order], weights[chosen][order]
         n = residuals.shape[0]
         if n < minimum:
             raise TrainingDataError(f"too few rows to calibrate the interval: {n} in a bin, at least {minimum}")
+        cumulative = np.cumsum(weight)
+        total = cumulative[-1]
         # The tolerance keeps 1 − 0.9 = 0.0999… from moving a rank that should be whole.
-        low_rank = max(math.floor((n + 1) * alpha / 2.0 + 1e-9), 1)
-        high_rank = min(math.ceil((n + 1) * (1.0 - alpha / 2.0) - 1e-9), n)
+        low_rank = max(int(np.searchsorted(cumulative, (total + 1) * alpha / 2.0 + 1e-9, side="right")), 1)
+        high_rank = min(int(np.searchsorted(cumulative, (total + 1) * (1.0 - alpha / 2.0) - 1e-9, side="left")) + 1, n)
         lower[b] = residuals[low_rank - 1]
         upper[b] = residuals[high_rank - 1]
     return edges, lower, upper
+
+
+def calibration_rows(lengths: Sequence[int], window: int) -> tuple[BoolArray, FloatArray]:
+    """Which held-out cycles calibrate the interval, and their weights (mean 1).
+
+    The interval is for a unit in service, stopped at a random cycle of its life once its window is
+    full: every held-out unit weighs the same (a long life is not more likely to be the one asked
+    about), and its first `window - 1` cycles are left out (no wear yet, the estimate the cap: easy
+    residuals that made the interval too narrow for units in service). A unit shorter than its
+    window still gives its last cycle.
+    """
+    firsts = [min(window, n) - 1 for n in lengths]
+    chosen: BoolArray = np.concatenate([np.arange(n) >= first for n, first in zip(lengths, firsts, strict=True)])
+    weights = np.concatenate([np.full(n - first, 1.0 / (n - first)) for n, first in zip(lengths, firsts, strict=True)])
+    return chosen, weights * (weights.shape[0] / weights.sum())
+
+
+def calibrate_interval(
+    predicted: FloatArray, actual: FloatArray, lengths: Sequence[int], *, coverage: float, **settings: Any
+) -> tuple[FloatArray, FloatArray, FloatArray, float]:
+    """The interval's bins and offsets from held-out units' cycles (in unit order), and the weighted
+    share of the calibration cycles it holds."""
+    calibrate, weights = calibration_rows(lengths, settings["window"])
+    edges, lower, upper = conformal_offsets(
+        predicted[calibrate], actual[calibrate], coverage=coverage, bins=settings["bins"], weights=weights
+    )
+    offsets = np.searchsorted(edges, predicted[calibrate], side="right")
+    residuals = actual[calibrate] - predicted[calibrate]
+    inside = (residuals >= lower[offsets]) & (residuals <= upper[offsets])
+    return edges, lower, upper, float(np.average(inside, weights=weights))
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -475,6 +568,7 @@ class RulModel:
         boosters: list[HistGradientBoostingRegressor] = []
         held_predicted: list[FloatArray] = []
         held_actual: list[FloatArray] = []
+        held_units: list[int] = []
         for fold in range(folds):
             inside = [k for k in range(len(units)) if fold_of_unit[k] != fold]
             outside = [k for k in range(len(units)) if fold_of_unit[k] == fold]
@@ -492,16 +586,20 @@ class RulModel:
             boosters.append(booster)
             held_predicted.append(np.clip(booster.predict(np.concatenate([features[k] for k in outside])), 0.0, cap))
             held_actual.append(np.concatenate([targets[k] for k in outside]))
+            held_units.extend(outside)
         predicted = np.concatenate(held_predicted)
         actual = np.concatenate(held_actual)
-        edges, lower, upper = conformal_offsets(predicted, actual, coverage=coverage, bins=settings["bins"])
-        which = np.searchsorted(edges, predicted, side="right")
-        inside_interval = (actual >= predicted + lower[which]) & (actual <= predicted + upper[which])
+        # The interval is calibrated for a unit in service, stopped at a random cycle of its life once
+        # its window is full: every held-out unit weighs the same (a long life is not more likely to be
+        # the one asked about), and its first `window` cycles (no wear yet, the estimate the cap: easy
+        # residuals that made the interval too narrow for units in service) are left out.
+        lengths = [units[k].shape[0] for k in held_units]
+        edges, lower, upper, covered = calibrate_interval(predicted, actual, lengths, coverage=coverage, **settings)
         report = {
             "units": len(units),
             "cycles": int(stacked.shape[0]),
             "held_out_rmse": float(np.sqrt(np.mean((predicted - actual) ** 2))),
-            "held_out_coverage": float(inside_interval.mean()),
+            "held_out_coverage": covered,
         }
         return cls(
             names,
@@ -703,3 +801,51 @@ class RulModel:
     def from_bytes(cls, blob: bytes) -> Self:
         meta, arrays = state_from_bytes(blob)
         return cls.from_state(meta, arrays)
+
+
+class RulTracker:
+    """One unit followed cycle by cycle, keeping a bounded `FeatureState` instead of its history.
+
+    `advance` gives the estimates of the next complete cycles exactly as `predict_cycles` gives them
+    for the whole history; what it keeps is `window + 1` rows of the model's variables, whatever the
+    unit's age.
+    """
+
+    def __init__(self, model: RulModel) -> None:
+        self.model = model
+        self.state: FeatureState | None = None
+
+    @property
+    def cycles(self) -> int:
+        return 0 if self.state is None else self.state.cycles
+
+    def advance(self, rows: npt.ArrayLike, *, estimate: bool = True) -> RulCurve | None:
+        """Take the unit's next complete cycles (oldest first); their estimates, unless `estimate` is false."""
+        array = np.asarray(rows, dtype=np.float64)
+        p = len(self.model.variables)
+        if array.ndim != 2 or array.shape[1] != p:
+            raise ScoringDataError(
+                f"mismatched columns: the model has {p} variables, the cycles have shape {array.shape}"
+            )
+        if not np.isfinite(array).all():
+            raise ScoringDataError("a cycle followed live must be complete (no missing or non-finite value)")
+        if array.shape[0] == 0:
+            return None
+        features, self.state = advance_features(
+            (array - self.model.mean) / self.model.scale,
+            self.state,
+            window=self.model.params["window"],
+            smoothing=self.model.params["smoothing"],
+            baseline_cycles=self.model.params["baseline_cycles"],
+        )
+        if not estimate:
+            return None
+        point, lower, upper = self.model._interval(self.model.trees.predict(features))
+        return RulCurve(point, lower, upper, self.model.coverage, (), np.ones(array.shape[0], dtype=bool))
+
+    @property
+    def held_values(self) -> int:
+        """How many floats the tracker keeps (bounded by the model, not the unit's age)."""
+        if self.state is None:
+            return 0
+        return int(self.state.filter.size + self.state.tail.size + self.state.baseline_sum.size)

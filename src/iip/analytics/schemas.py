@@ -188,6 +188,24 @@ class EvaluationOut(BaseModel):
     labelled: LabelledRates | None = None
 
 
+class ConfusionOut(BaseModel):
+    classes: list[str]
+    matrix: list[list[int]] = Field(description="rows: the true class, columns: the predicted one")
+
+
+class ClassificationOut(BaseModel):
+    """A fault classifier on labelled rows: how often it names each row's class, and what it confuses."""
+
+    name: str
+    version: int
+    rows: int
+    classified_rows: int = Field(description="rows given a class (not the first `lags` of a run, nor incomplete)")
+    accuracy: float | None
+    per_class_recall: dict[str, float | None] = Field(description="per true class, the share classified as it")
+    per_class_precision: dict[str, float | None] = Field(description="per predicted class, the share that is it")
+    confusion: ConfusionOut
+
+
 class ScoreBody(BaseModel):
     """Consecutive samples to score as one block."""
 

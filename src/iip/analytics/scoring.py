@@ -23,10 +23,11 @@ Several models on one device share that condition: it clears when none of them i
 
 A deployed RUL model (`RulScorer`) collects the device's points into cycles of the deployment's
 interval counted from `since_ms` (a cycle is the mean of each variable's points in it, held as
-above when a variable did not report), keeps the unit's complete cycles (read back from the store
-when the scorer starts, so a restart keeps the unit's age), and writes the estimate and its interval
-per cycle (`.rul`, `.rul_low`, `.rul_high`); `model.rul_low` is raised while the lower end is below
-the deployment's threshold.
+above when a variable did not report), follows the unit's complete cycles with a `RulTracker` (a
+bounded summary of what the features need of them, rebuilt from the store when the scorer starts,
+so a restart keeps the unit's age), and writes the estimate and its interval per cycle (`.rul`,
+`.rul_low`, `.rul_high`); `model.rul_low` is raised while the lower end is below the deployment's
+threshold.
 
 The runner reloads the deployments when they change (a cheap fingerprint read every few seconds,
 and at once after a deploy or retire through this process), keeping the state of the scorers whose
@@ -54,7 +55,7 @@ from iip.analytics.fitting import RUL, load_model
 from iip.analytics.monitoring import Monitor
 from iip.analytics.monitoring.classify import FaultClassifier
 from iip.analytics.public import LIMIT_EXCEEDED, RUL_LOW, SOURCE, VARIABLE_MISSING, score_metric
-from iip.analytics.rul import RulModel
+from iip.analytics.rul import RulCurve, RulModel, RulTracker
 from iip.analytics.service import (
     DeployedVersion,
     RulHistory,
@@ -283,14 +284,13 @@ class RulScorer:
         self.since_ms = int(deployed.settings["since_ms"])
         threshold = deployed.settings.get("rul_threshold")
         self.threshold = float(threshold) if isinstance(threshold, (int, float)) else None
-        width = len(self.variables)
-        self.history = history.rows if history is not None else np.empty((0, width))
+        # The unit's cycles so far, as the bounded state its features need (not the cycles themselves).
+        self.tracker = history.tracker if history is not None else RulTracker(model)
         resume_ms = history.resume_ms if history is not None else self.since_ms
-        # Stored cycles not estimated yet (the process stopped first): estimated by `catch_up`.
-        self.backlog: tuple[IntArray, int] = (np.empty(0, dtype=np.int64), 0)
-        if history is not None and history.times_ms.size:
-            later = history.times_ms > (history.estimated_ms if history.estimated_ms is not None else -1)
-            self.backlog = (history.times_ms[later], int(later.sum()))
+        # Stored cycles not estimated yet (the process stopped first): published by `catch_up`.
+        self.backlog: tuple[IntArray, RulCurve | None] = (np.empty(0, dtype=np.int64), None)
+        if history is not None:
+            self.backlog = (history.backlog_ms, history.backlog)
         # Cycles before this one are final (stored ones were read back at the start).
         self.next_cycle = max(0, -(-(resume_ms - self.since_ms) // self.interval_ms))
         # cycle -> (sums, counts, monotonic time of its first point)
@@ -344,27 +344,26 @@ class RulScorer:
         block = np.vstack(rows)
         complete: BoolArray = np.asarray(np.isfinite(block).all(axis=1), dtype=bool)
         # A cycle lacking a variable is left out of the unit's history (never imputed).
-        self.history = np.vstack([self.history, block[complete]])
-        return self._estimate(np.array(times, dtype=np.int64), block, complete)
+        curve = self.tracker.advance(block[complete])
+        return self._estimate(np.array(times, dtype=np.int64), block, complete, curve)
 
     def catch_up(self) -> ScoredBlock | None:
         """Estimates of the stored cycles read back at the start that were never estimated."""
-        times, count = self.backlog
-        self.backlog = (np.empty(0, dtype=np.int64), 0)
-        if not count:
+        times, curve = self.backlog
+        self.backlog = (np.empty(0, dtype=np.int64), None)
+        if curve is None or not times.size:
             return None
-        return self._estimate(times, self.history[-count:], np.ones(count, dtype=bool))
+        count = times.shape[0]
+        return self._estimate(times, np.zeros((count, len(self.variables))), np.ones(count, dtype=bool), curve)
 
-    def _estimate(self, times: IntArray, block: FloatArray, complete: BoolArray) -> ScoredBlock:
-        """Scores of final cycles whose complete ones are the newest rows of the history."""
+    def _estimate(self, times: IntArray, block: FloatArray, complete: BoolArray, curve: RulCurve | None) -> ScoredBlock:
+        """Scores of final cycles; `curve` holds the estimates of the complete ones, in order."""
         n = block.shape[0]
         point, lower, upper = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        if complete.any():
-            curve = self.model.predict_cycles(self.history)
-            added = int(complete.sum())
-            point[complete] = curve.point[-added:]
-            lower[complete] = curve.lower[-added:]
-            upper[complete] = curve.upper[-added:]
+        if curve is not None and complete.any():
+            point[complete] = curve.point
+            lower[complete] = curve.lower
+            upper[complete] = curve.upper
         self.scored += int(complete.sum())
         valid = complete & np.isfinite(point)
         alarm = valid & (lower < self.threshold) if self.threshold is not None else np.zeros(n, dtype=bool)
@@ -382,7 +381,7 @@ class RulScorer:
             return
         positions = np.flatnonzero(out.valid)
         previous = np.concatenate([[not flags[0] if self.alarm_active is None else self.alarm_active], flags[:-1]])
-        cycles_seen = self.history.shape[0] - int(out.valid.sum())
+        cycles_seen = self.tracker.cycles - int(out.valid.sum())
         for k in np.flatnonzero(flags != previous):
             row = int(positions[k])
             low = float(out.statistics["rul_low"][row])

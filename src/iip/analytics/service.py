@@ -31,15 +31,17 @@ from iip.analytics.fitting import (
     DEFAULT_HOLDOUT,
     RUL,
     FittedModel,
+    classification_report,
     fit_model,
+    labelled_runs,
     load_model,
     model_kinds,
 )
 from iip.analytics.fitting import Model as Fitted
 from iip.analytics.models import Deployment, Model, ModelVersion
-from iip.analytics.monitoring import Monitor, MonitorScores, ScoringDataError
+from iip.analytics.monitoring import Monitor, MonitorScores, ScoringDataError, TrainingDataError
 from iip.analytics.monitoring.classify import FaultClassifier
-from iip.analytics.rul import RulEstimate, RulModel, histories_from_table
+from iip.analytics.rul import RulCurve, RulEstimate, RulModel, RulTracker, histories_from_table
 from iip.analytics.schemas import DeploymentOut, ModelDetail, ModelOut, VersionBrief, VersionOut
 from iip.analytics.training import (
     DataTable,
@@ -114,6 +116,17 @@ class Evaluation:
     def alarm_rate(self) -> float | None:
         valid = self.scores.valid
         return float(self.scores.alarm[valid].mean()) if valid.any() else None
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A classifier's results on labelled rows: `report` (accuracy, per-class recall and precision, the
+    confusion matrix) and the class predicted at each row (None: not classified)."""
+
+    version: ModelVersion
+    table: DataTable
+    report: dict[str, Any]
+    predicted: list[str | None]
 
 
 @dataclass(frozen=True)
@@ -471,6 +484,55 @@ class AnalyticsService:
             label_column=label_column,
         )
         return self.evaluate(version, table)
+
+    def classify_file(
+        self,
+        version: ModelVersion,
+        content: bytes,
+        filename: str,
+        *,
+        label_column: str | None,
+        time_column: str | None = None,
+    ) -> Classification:
+        """A classifier on a labelled file: how often it names each row's class, and what it confuses.
+
+        Every variable needs its column and every row a label the classifier knows; each run of rows of
+        one label is classified on its own (its first `lags` rows have no class), as at training.
+        """
+        self.actor.require("analytics.read")
+        classifier = self.classifier(version)
+        if not label_column:
+            raise Invalid("a classifier is evaluated on labelled rows: name the label column", code="label_required")
+        table = read_file(
+            content,
+            filename,
+            purpose="scoring",
+            variables=version.variables,
+            time_column=time_column,
+            label_column=label_column,
+        )
+        if table.absent:
+            named = ", ".join(f"'{v}'" for v in table.absent[:20])
+            raise ScoringDataError(
+                f"mismatched columns: {named} not in '{filename}'; the classifier reads "
+                f"{', '.join(version.variables[:60])}",
+                variables=list(table.absent[:20]),
+            )
+        try:
+            runs = labelled_runs(table)
+        except TrainingDataError as err:  # a row without a label
+            raise ScoringDataError(err.message) from None
+        unknown = sorted({label for label, _, _ in runs} - set(classifier.classes))
+        if unknown:
+            raise ScoringDataError(
+                f"unknown labels in '{label_column}': {', '.join(repr(u) for u in unknown[:20])}; "
+                f"the classifier knows {', '.join(repr(c) for c in classifier.classes)}",
+                labels=unknown[:20],
+            )
+        report, predicted = classification_report(
+            classifier, [(label, table.data[start:end]) for label, start, end in runs]
+        )
+        return Classification(version, table, report, predicted)
 
     def evaluate_telemetry(
         self,
@@ -940,44 +1002,78 @@ def deployed_versions(session: Session) -> list[DeployedVersion]:
 
 @dataclass(frozen=True)
 class RulHistory:
-    """A RUL deployment's stored cycles: complete ones in order, their times, where the live stream resumes,
-    and the time of the newest estimate already written (cycles after it are estimated at the start)."""
+    """A RUL deployment's stored cycles, replayed: the unit's tracker after its complete ones, where the live
+    stream resumes, and the estimates of the stored cycles never estimated (the process stopped first)."""
 
-    rows: npt.NDArray[np.float64]
-    times_ms: npt.NDArray[np.int64]
+    tracker: RulTracker
     resume_ms: int
-    estimated_ms: int | None
+    backlog_ms: npt.NDArray[np.int64]
+    backlog: RulCurve | None
+
+
+REPLAY_CYCLES = 10_000  # stored cycles read at a time when a RUL scorer starts
 
 
 def rul_history(runtime: Runtime, deployed: DeployedVersion, now_ms: int) -> RulHistory:
-    """The unit's stored cycles since `since_ms`: a restart keeps the unit's age and estimates what it missed.
+    """The unit's stored cycles since `since_ms`, fed to a tracker: a restart keeps the unit's age and
+    estimates what it missed.
 
-    The stream resumes after the last stored cycle with any point.
+    The cycles are read in pieces of `REPLAY_CYCLES` and only the tracker's bounded state is kept. The
+    stream resumes after the last stored cycle with any point.
     """
     from iip.analytics.public import score_metric
 
+    model = RulModel.from_bytes(deployed.state)
+    tracker = RulTracker(model)
     interval = int(deployed.settings["interval_ms"])
     since = int(deployed.settings["since_ms"])
-    width = len(deployed.sources)
-    empty = RulHistory(np.empty((0, width)), np.empty(0, dtype=np.int64), since, None)
+    nothing = np.empty(0, dtype=np.int64)
     if now_ms <= since:
-        return empty
+        return RulHistory(tracker, since, nothing, None)
     steps = min(-(-(now_ms - since) // interval), 1_000_000)
-    end = since + steps * interval
+    pieces = [
+        (since + first * interval, since + min(first + REPLAY_CYCLES, steps) * interval)
+        for first in range(0, steps, REPLAY_CYCLES)
+    ]
     sources = [Source(s["variable"], s["device"], s["metric"]) for s in deployed.sources]
     read = telemetry_reader(runtime, deployed.tenant_id)
-    table = read_telemetry(
-        read, sources, device=deployed.device, start_ms=since, end_ms=end, interval_ms=interval, purpose="scoring"
-    )
-    reported = np.flatnonzero(np.isfinite(table.data).any(axis=1))
-    if not reported.size:
-        return empty
-    last = int(reported[-1])
-    data = table.data[: last + 1]
-    complete = np.isfinite(data).all(axis=1)
-    times = since + np.flatnonzero(complete).astype(np.int64) * interval
-    written = [ts for ts, _, _ in read(deployed.device, score_metric(deployed.name, "rul"), since, end, 1_000_000)]
-    return RulHistory(data[complete], times, since + (last + 1) * interval, max(written) if written else None)
+    rul_metric = score_metric(deployed.name, "rul")
+    # The newest estimate already written: the cycles after it are estimated now.
+    estimated = -1
+    for start, end in pieces:
+        written = [ts for ts, _, _ in read(deployed.device, rul_metric, start, end, REPLAY_CYCLES * 10)]
+        estimated = max([estimated, *written])
+    resume = since
+    backlog_ms: list[npt.NDArray[np.int64]] = []
+    curves: list[RulCurve] = []
+    for start, end in pieces:
+        table = read_telemetry(
+            read, sources, device=deployed.device, start_ms=start, end_ms=end, interval_ms=interval, purpose="scoring"
+        )
+        reported = np.flatnonzero(np.isfinite(table.data).any(axis=1))
+        if reported.size:
+            resume = start + (int(reported[-1]) + 1) * interval
+        complete = np.isfinite(table.data).all(axis=1)
+        rows = table.data[complete]
+        times = start + np.flatnonzero(complete).astype(np.int64) * interval
+        later = times > estimated
+        tracker.advance(rows[~later], estimate=False)
+        curve = tracker.advance(rows[later])
+        if curve is not None:
+            backlog_ms.append(times[later])
+            curves.append(curve)
+    # Cycles after the last one with a point are not final yet: the live stream fills them.
+    backlog = None
+    if curves:
+        backlog = RulCurve(
+            np.concatenate([c.point for c in curves]),
+            np.concatenate([c.lower for c in curves]),
+            np.concatenate([c.upper for c in curves]),
+            model.coverage,
+            (),
+            np.concatenate([c.valid for c in curves]),
+        )
+    return RulHistory(tracker, resume, np.concatenate(backlog_ms) if backlog_ms else nothing, backlog)
 
 
 def deployments_fingerprint(session: Session) -> tuple[object, ...]:
