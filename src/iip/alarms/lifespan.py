@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from iip.alarms.evaluation import RuleEngine
 from iip.alarms.models import Alarm, Rule
 from iip.alarms.public import ALARM_CHANGES, ALARM_EVENTS, AlarmChange, AlarmEvent, AlarmState
-from iip.alarms.rules import ConditionChange, VersionedRule
+from iip.alarms.rules import ConditionChange, RuleSpec, VersionedRule
 from iip.alarms.service import AlarmService, enabled_rules
 from iip.devices.public import DevicePlacement, device_placements, placements_fingerprint
 from iip.kernel.bus import Delivery, Subscription
@@ -64,6 +64,7 @@ class AlarmEngineRunner:
         self.tick_s = tick_s
         self.applied = 0  # transitions committed, for tests and benchmarks
         self._sites: dict[tuple[str, str], str] = {}
+        self._specs: dict[tuple[str, str, int], RuleSpec] = {}  # the loaded rules, for applying their changes
         self._fingerprint: tuple[object, ...] | None = None
         self._pending: list[ConditionChange] = []
         self._apply_lock = asyncio.Lock()
@@ -133,7 +134,7 @@ class AlarmEngineRunner:
     def _apply_in_thread(self, changes: Sequence[ConditionChange]) -> list[AlarmChange]:
         with self.runtime.db.session() as session:
             service = AlarmService(session, settings=self.runtime.settings.alarms)
-            return service.apply(changes, sites=self._site_of)  # committed as the block ends
+            return service.apply(changes, sites=self._site_of, known=self._specs)  # committed as the block ends
 
     def _site_of(self, tenant_id: str, device: str) -> str:
         return self._sites.get((tenant_id, device), "")
@@ -205,6 +206,11 @@ class AlarmEngineRunner:
             if prime:
                 self.engine.prime(tenant_id, loaded.active.get(tenant_id, []))
         self._tenants = set(loaded.rules)
+        self._specs = {
+            (rule.tenant_id, rule.spec.key, rule.version): rule.spec
+            for rules in loaded.rules.values()
+            for rule in rules
+        }
         self._sites = {
             (tenant_id, placement.key): placement.site
             for tenant_id, placements in loaded.placements.items()

@@ -16,7 +16,6 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +95,8 @@ PAGES = (
 ALARM_PAGE_SIZE = 50
 HISTORY_PAGE_SIZE = 100
 ALARM_HISTORY_PAGE_SIZE = 100
-GROUP_SCAN = 5000  # alarms read to count them per device
-GROUP_DEVICES = 10  # devices named per group
+GROUP_PAGE_SIZE = 50  # rules or devices a page of groups shows
+GROUP_DEVICES = 10  # devices (or rules) named per group
 MAX_RULE_DOCUMENT = 100_000  # characters of one rule's document
 PREVIEW_HOURS = 24
 PREVIEW_DEVICES = 20  # devices a profile-wide rule is replayed on
@@ -413,8 +412,8 @@ def _count(service: AlarmService, where: AlarmFilter, states: Iterable[AlarmStat
 
 
 def alarm_groups(service: AlarmService, query: ListQuery) -> tuple[list[GroupRow], int]:
-    """The matching alarms counted per rule (the service's groups), per priority or per device;
-    and how many alarms the device counts were taken over (0: all of them)."""
+    """One page of the matching alarms counted per rule or per device (in the database), or per
+    priority; and how many groups there are in all."""
     where = query.where()
     if query.group == "priority":
         priority_rows = []
@@ -436,9 +435,24 @@ def alarm_groups(service: AlarmService, query: ListQuery) -> tuple[list[GroupRow
                         [],
                     )
                 )
-        return priority_rows, 0
+        return priority_rows, len(priority_rows)
+    offset = (query.page - 1) * GROUP_PAGE_SIZE
     if query.group == "device":
-        return _device_groups(service, query)
+        groups = service.count_groups(where, by="device")
+        return [
+            GroupRow(
+                group.device,
+                group.device,
+                url_with(ALARMS_PATH, query.params(device=group.device, view="", group="", page="")),
+                group.priority,
+                group.alarms,
+                group.active,
+                group.unacknowledged,
+                group.rules[:GROUP_DEVICES],
+            )
+            for group in service.group_alarms_by_device(where, offset=offset, limit=GROUP_PAGE_SIZE)
+        ], groups
+    groups = service.count_groups(where, by="rule")
     return [
         GroupRow(
             group.rule_key,
@@ -450,48 +464,8 @@ def alarm_groups(service: AlarmService, query: ListQuery) -> tuple[list[GroupRow
             group.unacknowledged,
             group.devices[:GROUP_DEVICES],
         )
-        for group in service.group_alarms(where)
-    ], 0
-
-
-def _device_groups(service: AlarmService, query: ListQuery) -> tuple[list[GroupRow], int]:
-    where = query.where()
-    counts: Counter[str] = Counter()
-    active: Counter[str] = Counter()
-    unacknowledged: Counter[str] = Counter()
-    urgent: dict[str, Priority] = {}
-    rules: dict[str, list[str]] = {}
-    read, total = 0, 1
-    while read < min(total, GROUP_SCAN):
-        rows, total = service.list_alarms(where, sort=AlarmSort.DEVICE, offset=read, limit=1000)
-        if not rows:
-            break
-        read += len(rows)
-        for row in rows:
-            counts[row.device] += 1
-            state = AlarmState(row.state)
-            active[row.device] += state in ACTIVE_ALARM_STATES
-            unacknowledged[row.device] += state in UNACKNOWLEDGED_STATES
-            priority = Priority(row.priority)
-            if row.device not in urgent or priority.rank < urgent[row.device].rank:
-                urgent[row.device] = priority
-            named = rules.setdefault(row.device, [])
-            if len(named) < GROUP_DEVICES and row.rule_key not in named:
-                named.append(row.rule_key)
-    groups = [
-        GroupRow(
-            device,
-            device,
-            url_with(ALARMS_PATH, query.params(device=device, view="", group="", page="")),
-            urgent[device],
-            count,
-            active[device],
-            unacknowledged[device],
-            rules[device],
-        )
-        for device, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    ]
-    return groups, read if total > read else 0
+        for group in service.group_alarms(where, offset=offset, limit=GROUP_PAGE_SIZE)
+    ], groups
 
 
 def list_context(request: Request, session: Session, identity: ConsoleIdentity, query: ListQuery) -> dict[str, Any]:
@@ -520,8 +494,16 @@ def list_context(request: Request, session: Session, identity: ConsoleIdentity, 
         "error": None,
     }
     if query.view == GROUPS_VIEW:
-        groups, scanned = alarm_groups(service, query)
-        context.update(groups=groups, scanned=scanned, total=sum(g.alarms for g in groups))
+        groups, count = alarm_groups(service, query)
+        pages = max(1, -(-count // GROUP_PAGE_SIZE))
+        context.update(
+            groups=groups,
+            total=service.list_alarms(query.where(), limit=1)[1],
+            page=query.page,
+            pages=pages,
+            previous_url=url_with(ALARMS_PATH, query.params(page=query.page - 1)) if query.page > 1 else "",
+            next_url=url_with(ALARMS_PATH, query.params(page=query.page + 1)) if query.page < pages else "",
+        )
         return context
     offset = (query.page - 1) * ALARM_PAGE_SIZE
     if query.sort == STATE_SORT:

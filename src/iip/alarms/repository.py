@@ -6,7 +6,7 @@ import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from iip.alarms.public import AlarmState, Priority
 from iip.alarms.schemas import AlarmSort
 
 ROW_ID = re.compile(r"^[0-9a-f]{32}$")
+GroupBy = Literal["rule", "device"]
 STREAM_CHUNK = 5000  # history rows fetched at a time when streaming
 HISTORY_RECORD_COLUMNS = (
     AlarmHistory.alarm_id,
@@ -209,34 +210,76 @@ class AlarmRepository:
         query = select(Alarm).where(and_(True, *conditions)).order_by(*SORTS[sort]).offset(offset).limit(limit)
         return list(self.session.scalars(query)), int(total)
 
-    def groups(self, tenant_id: str | None, where: AlarmFilter) -> list[tuple[str, int, int, int, int]]:
-        """(rule key, alarms, active, unacknowledged, most urgent rank) per rule, busiest first."""
+    def groups(
+        self,
+        tenant_id: str | None,
+        where: AlarmFilter,
+        *,
+        by: GroupBy = "rule",
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[tuple[str, int, int, int, int]]:
+        """(rule key or device, alarms, active, unacknowledged, most urgent rank) per rule or device, busiest
+        first; counted in the database, one page of groups read."""
+        column = Alarm.rule_key if by == "rule" else Alarm.device
         active = func.sum(case((Alarm.state.in_([s.value for s in ACTIVE_STATES]), 1), else_=0))
         unacknowledged = func.sum(case((Alarm.state.in_([s.value for s in UNACKNOWLEDGED_STATES]), 1), else_=0))
         query = (
-            select(Alarm.rule_key, func.count(), active, unacknowledged, func.min(Alarm.priority_rank))
+            select(column, func.count(), active, unacknowledged, func.min(Alarm.priority_rank))
             .where(and_(True, *self._filtered(tenant_id, where)))
-            .group_by(Alarm.rule_key)
-            .order_by(func.count().desc(), Alarm.rule_key)
+            .group_by(column)
+            .order_by(func.count().desc(), column)
+            .offset(offset)
+            .limit(limit)
         )
         return [
             (key, int(n), int(a or 0), int(u or 0), int(rank)) for key, n, a, u, rank in self.session.execute(query)
         ]
 
+    def group_count(self, tenant_id: str | None, where: AlarmFilter, *, by: GroupBy = "rule") -> int:
+        """How many rules (or devices) have alarms matching `where`."""
+        column = Alarm.rule_key if by == "rule" else Alarm.device
+        query = select(func.count(func.distinct(column))).where(and_(True, *self._filtered(tenant_id, where)))
+        return int(self.session.scalar(query) or 0)
+
     def group_devices(
         self, tenant_id: str | None, where: AlarmFilter, rule_keys: Sequence[str], per_rule: int
     ) -> dict[str, list[str]]:
-        if not rule_keys:
+        """The first `per_rule` devices (by key) of each rule's matching alarms."""
+        return self._members(tenant_id, where, Alarm.rule_key, Alarm.device, rule_keys, per_rule)
+
+    def group_rules(
+        self, tenant_id: str | None, where: AlarmFilter, devices: Sequence[str], per_device: int
+    ) -> dict[str, list[str]]:
+        """The first `per_device` rule keys of each device's matching alarms."""
+        return self._members(tenant_id, where, Alarm.device, Alarm.rule_key, devices, per_device)
+
+    def _members(
+        self,
+        tenant_id: str | None,
+        where: AlarmFilter,
+        group: Any,
+        member: Any,
+        names: Sequence[str],
+        per_group: int,
+    ) -> dict[str, list[str]]:
+        if not names:
             return {}
-        conditions = [*self._filtered(tenant_id, where), Alarm.rule_key.in_(rule_keys)]
-        found: dict[str, list[str]] = {}
-        query = (
-            select(Alarm.rule_key, Alarm.device).where(and_(True, *conditions)).order_by(Alarm.rule_key, Alarm.device)
+        # Numbered in the database, so a group of 10,000 alarms sends `per_group` rows, not 10,000.
+        numbered = (
+            select(group.label("name"), member.label("member"))
+            .add_columns(func.row_number().over(partition_by=group, order_by=member).label("n"))
+            .where(and_(True, *self._filtered(tenant_id, where)), group.in_(names))
+            .subquery()
         )
-        for key, device in self.session.execute(query):
-            devices = found.setdefault(key, [])
-            if len(devices) < per_rule and device not in devices:
-                devices.append(device)
+        query = (
+            select(numbered.c.name, numbered.c.member)
+            .where(numbered.c.n <= per_group)
+            .order_by(numbered.c.name, numbered.c.member)
+        )
+        found: dict[str, list[str]] = {}
+        for name, value in self.session.execute(query):
+            found.setdefault(name, []).append(value)
         return found
 
     # --- history

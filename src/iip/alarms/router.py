@@ -185,10 +185,22 @@ def list_alarms(
 
 @router.get("/api/alarms/groups", response_model=list[AlarmGroup])
 def group_alarms(
-    request: Request, actor: Reader, session: DbSession, where: AlarmFilterDep, tenant_id: TenantParam = None
+    request: Request,
+    response: Response,
+    actor: Reader,
+    session: DbSession,
+    where: AlarmFilterDep,
+    offset: Offset = 0,
+    limit: Limit = 100,
+    tenant_id: TenantParam = None,
 ) -> list[AlarmGroup]:
-    """The alarms matching the filter, counted per rule (busiest first)."""
-    return _service(request, session, actor).group_alarms(where, tenant_id=tenant_id)
+    """The alarms matching the filter, counted per rule (busiest first), a page of rules at a time.
+
+    `X-Total-Count` says how many rules have matching alarms.
+    """
+    service = _service(request, session, actor)
+    response.headers["X-Total-Count"] = str(service.count_groups(where, tenant_id=tenant_id))
+    return service.group_alarms(where, tenant_id=tenant_id, offset=offset, limit=limit)
 
 
 @router.get("/api/alarms/history", response_model=HistoryPage)

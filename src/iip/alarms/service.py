@@ -38,7 +38,7 @@ from iip.alarms.lifecycle import Action, AlarmSnapshot, HistoryEntry, redundant,
 from iip.alarms.metrics import HistoryRecord, MetricsReport
 from iip.alarms.models import Alarm, AlarmComment, AlarmHistory, Rule, RuleVersion
 from iip.alarms.public import ALARM_CHANGES, AlarmChange, AlarmState, Priority
-from iip.alarms.repository import AlarmFilter, AlarmRepository
+from iip.alarms.repository import AlarmFilter, AlarmRepository, GroupBy
 from iip.alarms.rules import (
     ConditionChange,
     ExpressionRule,
@@ -123,6 +123,22 @@ AlarmRecord = Alarm | AlarmDraft
 DRAFT_COLUMNS = tuple(field.name for field in fields(AlarmDraft))
 ALARM_TABLE: Any = Alarm.__table__
 HISTORY_TABLE: Any = AlarmHistory.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceGroup:
+    """The matching alarms of one device: counts, the most urgent priority, the first rules."""
+
+    device: str
+    priority: Priority
+    alarms: int
+    active: int
+    unacknowledged: int
+    rules: list[str]
+
+
+def priority_of_rank(rank: int) -> Priority:
+    return next((p for p in Priority if p.rank == rank), Priority.LOW)
 
 
 def ms_time(at_ms: int) -> dt.datetime:
@@ -589,13 +605,21 @@ class AlarmService:
 
     # --- the process: condition changes from evaluation
 
-    def apply(self, changes: Sequence[ConditionChange], *, sites: SiteLookup | None = None) -> list[AlarmChange]:
+    def apply(
+        self,
+        changes: Sequence[ConditionChange],
+        *,
+        sites: SiteLookup | None = None,
+        known: Mapping[tuple[str, str, int], RuleSpec] | None = None,
+    ) -> list[AlarmChange]:
         """Apply a batch of condition and suppression changes in the caller's transaction.
 
         A change at or before the last one applied to its alarm (same `at_ms`: a redelivery) is
         skipped, as is one that changes nothing. A change naming a rule version that is not stored
         is applied with the rule's current version; one naming a rule not stored at all is skipped
-        (logged): it must not block the rest of the batch.
+        (logged): it must not block the rest of the batch. `known` gives specs the caller has parsed
+        already, by (tenant, rule key, version): a stored version never changes, so those are
+        neither read nor parsed again.
         """
         applied: list[AlarmChange] = []
         by_tenant: dict[str, list[ConditionChange]] = {}
@@ -607,12 +631,26 @@ class AlarmService:
             alarms: dict[tuple[str, str], AlarmRecord] = dict(
                 self.repo.alarms_for(tenant, [(c.rule_key, c.device) for c in items])
             )
-            specs = self.repo.version_specs(tenant, [(c.rule_key, c.rule_version) for c in items])
+            parsed: dict[tuple[str, int], tuple[int, RuleSpec | None]] = {}
+            if known:
+                for c in items:
+                    spec = known.get((tenant, c.rule_key, c.rule_version))
+                    if spec is not None:
+                        parsed[c.rule_key, c.rule_version] = (c.rule_version, spec)
+            specs = self.repo.version_specs(
+                tenant, [(c.rule_key, c.rule_version) for c in items if (c.rule_key, c.rule_version) not in parsed]
+            )
             # The rule rows only for changes naming a version that is not stored.
             current = self.repo.rules_by_key(
-                tenant, sorted({c.rule_key for c in items if (c.rule_key, c.rule_version) not in specs})
+                tenant,
+                sorted(
+                    {
+                        c.rule_key
+                        for c in items
+                        if (c.rule_key, c.rule_version) not in specs and (c.rule_key, c.rule_version) not in parsed
+                    }
+                ),
             )
-            parsed: dict[tuple[str, int], tuple[int, RuleSpec | None]] = {}
             for change in items:
                 result = self._apply_one(change, alarms, specs, current, sites, parsed, drafts, history)
                 if result is not None:
@@ -926,17 +964,18 @@ class AlarmService:
         self.actor.require("alarms.read")
         return self.repo.alarms(self._scope(tenant_id), where, sort=sort, offset=offset, limit=limit)
 
-    def group_alarms(self, where: AlarmFilter, *, tenant_id: str | None = None) -> list[AlarmGroup]:
-        """The alarms matching `where`, counted per rule, busiest rule first."""
+    def group_alarms(
+        self, where: AlarmFilter, *, tenant_id: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[AlarmGroup]:
+        """The alarms matching `where`, counted per rule, busiest rule first (a page of them, if asked)."""
         self.actor.require("alarms.read")
         scope = self._scope(tenant_id)
-        groups = self.repo.groups(scope, where)
+        groups = self.repo.groups(scope, where, offset=offset, limit=limit)
         devices = self.repo.group_devices(scope, where, [g[0] for g in groups], GROUP_DEVICES)
-        ranks = {p.rank: p for p in Priority}
         return [
             AlarmGroup(
                 rule_key=key,
-                priority=ranks.get(rank, Priority.LOW),
+                priority=priority_of_rank(rank),
                 alarms=count,
                 active=active,
                 unacknowledged=unacknowledged,
@@ -944,6 +983,24 @@ class AlarmService:
             )
             for key, count, active, unacknowledged, rank in groups
         ]
+
+    def group_alarms_by_device(
+        self, where: AlarmFilter, *, tenant_id: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[DeviceGroup]:
+        """The alarms matching `where`, counted per device, busiest device first (a page of them, if asked)."""
+        self.actor.require("alarms.read")
+        scope = self._scope(tenant_id)
+        groups = self.repo.groups(scope, where, by="device", offset=offset, limit=limit)
+        rules = self.repo.group_rules(scope, where, [g[0] for g in groups], GROUP_DEVICES)
+        return [
+            DeviceGroup(device, priority_of_rank(rank), count, active, unacknowledged, rules.get(device, []))
+            for device, count, active, unacknowledged, rank in groups
+        ]
+
+    def count_groups(self, where: AlarmFilter, *, by: GroupBy = "rule", tenant_id: str | None = None) -> int:
+        """How many rules (or devices) have alarms matching `where`."""
+        self.actor.require("alarms.read")
+        return self.repo.group_count(self._scope(tenant_id), where, by=by)
 
     def alarm_history(self, alarm_id: str, *, offset: int = 0, limit: int = 100) -> tuple[list[AlarmHistory], int]:
         return self.repo.history(self.get_alarm(alarm_id).id, offset=offset, limit=limit)

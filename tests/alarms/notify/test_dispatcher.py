@@ -187,6 +187,84 @@ async def test_a_change_the_bus_delivers_again_is_sent_once_per_channel(
     assert len(hook_receiver.received) == 3
 
 
+async def test_a_flood_from_the_bus_is_recorded_in_batches_once_per_change_within_the_rate_limit(
+    plant: Plant, hook_receiver: HookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant.channel(kind="webhook", name="scada", url=hook_receiver.url, rate_limit=5)
+    plant.route(name="all", channels=["scada"])
+    bus = MemoryBus()
+    dispatcher = NotificationDispatcher(
+        plant.db, bus, plant.settings, sealer=plant.sealer, clock=plant.clock, periodic=False
+    )
+    batches: list[int] = []
+    record_many = dispatcher.record_many
+
+    def counted(changes: Any) -> list[list[str]]:
+        batches.append(len(changes))
+        return record_many(changes)
+
+    monkeypatch.setattr(dispatcher, "record_many", counted)
+    changes = [plant.change(device=f"pump-{n:03d}") for n in range(200)]
+    await dispatcher.start()
+    try:
+        for change in changes:
+            await bus.publish(ALARM_CHANGES, change)
+        await bus.publish(ALARM_CHANGES, changes[0])  # delivered again: nothing more stored
+        for _ in range(1000):
+            if sum(batches) >= 201 and len(plant.deliveries()) == 200:
+                break
+            await asyncio.sleep(0.01)
+        await dispatcher.drain()
+    finally:
+        await dispatcher.stop()
+
+    assert len(batches) <= 201 // 8, repr(batches)  # many changes to a transaction
+    log = plant.deliveries()
+    assert sorted(d.alarm_id for d in log) == sorted(c.alarm_id for c in changes)  # one per change
+    assert sorted(d.status for d in log) == ["held"] * 195 + ["sent"] * 5
+    assert len(hook_receiver.received) == 5
+
+
+async def test_a_change_the_database_refuses_fails_alone_and_is_delivered_again(
+    plant: Plant, hook_receiver: HookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant.channel(kind="webhook", name="scada", url=hook_receiver.url)
+    plant.route(name="all", channels=["scada"])
+    bus = MemoryBus()
+    dispatcher = NotificationDispatcher(
+        plant.db, bus, plant.settings, sealer=plant.sealer, clock=plant.clock, periodic=False, retry_delay=0.05
+    )
+    refusals = {"pump-bad": 1}
+    record_many = dispatcher.record_many
+
+    def refusing(changes: Any) -> list[list[str]]:
+        for change in changes:
+            if refusals.get(change.device):
+                if len(changes) == 1:
+                    refusals[change.device] -= 1
+                raise RuntimeError("database away")
+        return record_many(changes)
+
+    monkeypatch.setattr(dispatcher, "record_many", refusing)
+    good = [plant.change(device=f"pump-{n}") for n in range(5)]
+    bad = plant.change(device="pump-bad")
+    await dispatcher.start()
+    try:
+        for change in [*good[:2], bad, *good[2:]]:
+            await bus.publish(ALARM_CHANGES, change)
+        for _ in range(500):
+            if len(plant.deliveries()) == 6:
+                break
+            await asyncio.sleep(0.01)
+        await dispatcher.drain()
+    finally:
+        await dispatcher.stop()
+
+    assert refusals == {"pump-bad": 0}  # refused once on its own, then recorded on redelivery
+    assert sorted(d.alarm_id for d in plant.deliveries()) == sorted(c.alarm_id for c in [*good, bad])
+    assert sorted(b["device"] for b in bodies(hook_receiver)) == sorted(c.device for c in [*good, bad])
+
+
 # --- rate limits
 
 

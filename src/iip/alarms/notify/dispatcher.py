@@ -1,11 +1,18 @@
 """The notification dispatcher: consumes `alarms.changes`, writes deliveries, sends them, escalates.
 
-For each `AlarmChange` (a durable bus consumer, so every change is seen at least once) one
+For each `AlarmChange` (a durable bus consumer, so every change is seen at least once) a
 transaction cancels the escalations the change ends, routes the change (`routing.plan`) and stores
 one delivery per channel, keyed by (channel, `notification:<alarm>:<sequence>`): a change the bus
 delivers again finds its deliveries and adds none. Escalations the change starts are stored in the
 same transaction. Sending happens after the commit, outside any transaction, so a slow receiver
 holds no lock and delays no other change.
+
+In an alarm flood a transaction per change costs more than everything else the alarm does, so
+`RECORDERS` consumers share the durable and the changes they hold at one moment are recorded in
+one transaction (routing read once per tenant, the existing deliveries and the rate windows' counts
+read once per batch). Each consumer acknowledges its change only once that transaction has
+committed; if it fails, the batch's changes are recorded again one by one, so one change the
+database refuses does not take the others with it.
 
 A delivery is sent by whoever claims it first (an UPDATE that only one sender can win, with a
 lease so a crashed sender's claim runs out): the bus handler right after storing it, or the
@@ -32,11 +39,12 @@ import contextlib
 import datetime as dt
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,6 +56,8 @@ from iip.alarms.notify.routing import (
     WAITING_STATES,
     ChannelInfo,
     ChannelKind,
+    ContactInfo,
+    RouteRule,
     Target,
     escalation_plan,
     plan,
@@ -79,6 +89,7 @@ SYSTEM_ACTOR = "system:alarms-notifications"
 ALARM_LINK = "/alarms/{alarm_id}"
 BATCH = 200  # deliveries or escalations one check takes on
 CONCURRENCY = 8  # messages in flight at once
+RECORDERS = 32  # consumers of alarm changes, whose changes in hand are recorded together
 LEASE_MARGIN_S = 60.0
 TEST_MESSAGE = "IIP 测试通知 / IIP test notification"
 
@@ -113,6 +124,43 @@ class CheckReport:
 def window_start(at: dt.datetime, window_s: int) -> dt.datetime:
     """Start of the rate window holding `at` (windows aligned on the Unix epoch)."""
     return dt.datetime.fromtimestamp(math.floor(at.timestamp() / window_s) * window_s, dt.UTC)
+
+
+def _notification_key(change: AlarmChange) -> str:
+    return f"notification:{change.alarm_id}:{change.sequence}"
+
+
+DELIVERY_TABLE: Any = Delivery.__table__
+
+
+class _Batch:
+    """What recording a batch of changes knows: the deliveries stored (or to be), the rate windows' counts."""
+
+    def __init__(self, session: Session, repo: NotifyRepository, now: dt.datetime) -> None:
+        self.session = session
+        self.repo = repo
+        self.now = now
+        self.existing: dict[tuple[str, str], tuple[str, str]] = {}  # (channel, key) -> (id, status)
+        self.counts: dict[tuple[str, dt.datetime], int] = {}  # counted per (channel, window start)
+        self.rows: list[dict[str, Any]] = []
+
+    def flush(self) -> set[str]:
+        """Insert the deliveries kept (one statement); answers the ids of those another consumer had stored."""
+        rows, self.rows = self.rows, []
+        refused: set[str] = set()
+        if not rows:
+            return refused
+        try:
+            with self.session.begin_nested():
+                self.session.execute(insert(DELIVERY_TABLE), rows)
+        except IntegrityError:  # a concurrent consumer stored some of them: the others one by one
+            for row in rows:
+                try:
+                    with self.session.begin_nested():
+                        self.session.execute(insert(DELIVERY_TABLE), [row])
+                except IntegrityError:
+                    refused.add(row["id"])
+        return refused
 
 
 def _why_not_waiting(session: Session, alarm_id: str) -> str:
@@ -157,28 +205,38 @@ class NotificationDispatcher:
         self.retry_delay = retry_delay
         self.periodic = periodic
         self.smtp = email.SmtpConfig.of(settings)
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
         self._loop: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[Any]] = set()
         self._limit = asyncio.Semaphore(CONCURRENCY)
+        self._waiting: list[tuple[AlarmChange, asyncio.Future[list[str]]]] = []
+        self._recording: asyncio.Task[None] | None = None
+        self._full: set[tuple[str, dt.datetime, int]] = set()  # rate windows whose limit is reached
 
     # --- running
 
     async def start(self) -> None:
-        self._subscription = await self.bus.subscribe(
-            ALARM_CHANGES,
-            self.on_change,
-            durable=self.durable,
-            max_deliver=self.max_deliver,
-            retry_delay=self.retry_delay,
-        )
+        self._subscriptions = [
+            await self.bus.subscribe(
+                ALARM_CHANGES,
+                self.on_change,
+                durable=self.durable,
+                max_deliver=self.max_deliver,
+                retry_delay=self.retry_delay,
+            )
+            for _ in range(RECORDERS)
+        ]
         if self.periodic:
             self._loop = asyncio.create_task(self._check_periodically(), name="alarms:notifications:check")
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.stop()
-            self._subscription = None
+        for subscription in self._subscriptions:
+            await subscription.stop()
+        self._subscriptions = []
+        if self._recording is not None:  # what was taken is committed or given back, not cut in a thread
+            with contextlib.suppress(Exception):
+                await self._recording
+            self._recording = None
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -190,8 +248,13 @@ class NotificationDispatcher:
         await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def drain(self) -> None:
-        """Wait for the messages being sent now (those the bus handler started)."""
-        while self._sending:
+        """Wait for the changes being recorded and the messages being sent now (those the bus handler started)."""
+        while self._recording is not None or self._sending:
+            if self._recording is not None:
+                with contextlib.suppress(Exception):
+                    await self._recording
+                await asyncio.sleep(0)  # the consumers hand what was recorded to senders
+                continue
             await asyncio.gather(*list(self._sending), return_exceptions=True)
 
     async def _check_periodically(self) -> None:
@@ -216,7 +279,7 @@ class NotificationDispatcher:
 
     async def on_change(self, delivery: BusDelivery[AlarmChange]) -> None:
         """The bus handler: store what the change makes (raising on a database error, for redelivery), send it."""
-        for delivery_id in await asyncio.to_thread(self.record, delivery.payload):
+        for delivery_id in await self._recorded(delivery.payload):
             self._spawn(self.deliver(delivery_id))
 
     async def handle(self, change: AlarmChange) -> dict[str, str]:
@@ -224,26 +287,83 @@ class NotificationDispatcher:
         ids = await asyncio.to_thread(self.record, change)
         return await self._deliver_all(ids)
 
+    async def _recorded(self, change: AlarmChange) -> list[str]:
+        """Record the change with the others the consumers hold now; answers once it is committed."""
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((change, future))
+        if self._recording is None:
+            self._recording = asyncio.create_task(self._record_waiting(), name="alarms:notifications:record")
+        return await future
+
+    async def _record_waiting(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the other consumers hand in what they took meanwhile
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                changes = [change for change, _ in batch]
+                try:
+                    outcomes: list[list[str] | BaseException] = list(await asyncio.to_thread(self.record_many, changes))
+                except Exception:  # noqa: BLE001 - one by one, so a change the database refuses fails alone
+                    outcomes = await asyncio.to_thread(self._record_each, changes)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():  # its consumer was stopped: the bus gives the change again
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._recording = None
+
+    def _record_each(self, changes: Sequence[AlarmChange]) -> list[list[str] | BaseException]:
+        outcomes: list[list[str] | BaseException] = []
+        for change in changes:
+            try:
+                outcomes.append(self.record(change))
+            except Exception as err:  # noqa: BLE001 - handed to the change's consumer, which raises it
+                outcomes.append(err)
+        return outcomes
+
     def record(self, change: AlarmChange) -> list[str]:
         """In one transaction: end escalations, store the change's deliveries and escalations.
 
         Answers the ids of the deliveries ready to be sent (held ones wait for their digest).
         """
+        return self.record_many([change])[0]
+
+    def record_many(self, changes: Sequence[AlarmChange]) -> list[list[str]]:
+        """`record` for several changes in one transaction, in their order; per change, the ids to send."""
         now = self.clock()
         with self.db.session() as session:
-            repo = NotifyRepository(session)
-            self._cancel_escalations(repo, change, now)
-            rules, channels, contacts = repo.routing_of(change.tenant_id)
-            ready: list[str] = []
-            targets = plan(change, rules, channels, contacts)
-            for target in targets.values():
-                payload = {"kind": "notification", "change": change.model_dump(mode="json"), "routes": target.routes}
-                key = f"notification:{change.alarm_id}:{change.sequence}"
-                ready += self._store(session, repo, target, "notification", key, change, payload, now)
-            for rule in rules:
-                if starts_escalation(rule, change) and rule.escalate_after_min is not None:
-                    self._start_escalation(session, repo, rule.id, rule.escalate_after_min, change, now)
-            return ready
+            batch = _Batch(session, NotifyRepository(session), now)
+            routing: dict[str, tuple[list[RouteRule], dict[str, ChannelInfo], list[ContactInfo]]] = {}
+            planned: list[tuple[AlarmChange, dict[str, Target]]] = []
+            for change in changes:
+                if change.tenant_id not in routing:
+                    routing[change.tenant_id] = batch.repo.routing_of(change.tenant_id)
+                rules, channels, contacts = routing[change.tenant_id]
+                planned.append((change, plan(change, rules, channels, contacts)))
+            batch.existing = batch.repo.deliveries_by_key(
+                {channel_id for _, targets in planned for channel_id in targets},
+                {_notification_key(change) for change, targets in planned if targets},
+            )
+            ready: list[list[str]] = []
+            for change, targets in planned:
+                self._cancel_escalations(batch.repo, change, now)
+                ids: list[str] = []
+                key = _notification_key(change)
+                dumped: dict[str, Any] | None = None
+                for target in targets.values():
+                    dumped = dumped if dumped is not None else change.model_dump(mode="json")
+                    payload = {"kind": "notification", "change": dumped, "routes": target.routes}
+                    ids += self._store_in_batch(batch, target, key, change, payload)
+                for rule in routing[change.tenant_id][0]:
+                    if starts_escalation(rule, change) and rule.escalate_after_min is not None:
+                        self._start_escalation(session, batch.repo, rule.id, rule.escalate_after_min, change, now)
+                ready.append(ids)
+            refused = batch.flush()
+            # A delivery a concurrent consumer stored meanwhile is that consumer's to send.
+            return [[i for i in ids if i not in refused] for ids in ready]
 
     def _cancel_escalations(self, repo: NotifyRepository, change: AlarmChange, now: dt.datetime) -> None:
         if waiting_for_acknowledgement(change):
@@ -283,6 +403,55 @@ class NotificationDispatcher:
                 session.add(row)
         except IntegrityError:
             logger.info("escalation of alarm %s sequence %s stored concurrently", change.alarm_id, change.sequence)
+
+    def _store_in_batch(
+        self, batch: _Batch, target: Target, key: str, change: AlarmChange, payload: dict[str, Any]
+    ) -> list[str]:
+        """`_store` of a notification within a batch: existence and rate windows as the batch knows them."""
+        channel_id = target.channel.id
+        existing = batch.existing.get((channel_id, key))
+        if existing is not None:
+            return [existing[0]] if existing[1] in SENDABLE else []
+        window = window_start(batch.now, self.settings.rate_window_s)
+        limit = target.channel.rate_limit if target.channel.rate_limit is not None else self.settings.rate_limit
+        status = "pending"
+        if limit:
+            full = (channel_id, window, limit)
+            if full in self._full:
+                status = "held"
+            else:
+                counted = batch.counts.get((channel_id, window))
+                if counted is None:
+                    counted = batch.repo.counted_in_window(channel_id, window)
+                if counted >= limit:
+                    status = "held"
+                    # Counted deliveries stay counted: a window once full stays full.
+                    self._full = {f for f in self._full if f[1] >= window}
+                    self._full.add(full)
+                else:
+                    counted += 1
+                batch.counts[channel_id, window] = counted
+        row: dict[str, Any] = {
+            "id": new_id(),
+            "tenant_id": change.tenant_id,
+            "channel_id": channel_id,
+            "kind": "notification",
+            "dedup_key": key,
+            "alarm_id": change.alarm_id,
+            "sequence": change.sequence,
+            "status": status,
+            "attempts": 0,
+            "last_error": "",
+            "payload": payload,
+            "recipients": sorted(target.recipients),
+            "window_start": window,
+            "next_attempt_at": batch.now if status == "pending" else None,
+            "created_at": batch.now,
+            "updated_at": batch.now,
+        }
+        batch.existing[channel_id, key] = (row["id"], status)
+        batch.rows.append(row)
+        return [row["id"]] if status == "pending" else []
 
     def _store(
         self,

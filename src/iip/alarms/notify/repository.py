@@ -149,6 +149,23 @@ class NotifyRepository:
             select(Delivery).where(Delivery.channel_id == channel_id, Delivery.dedup_key == dedup_key)
         )
 
+    def deliveries_by_key(
+        self, channel_ids: Iterable[str], dedup_keys: Iterable[str]
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """(id, status) of the deliveries of these channels with these keys, by (channel id, key)."""
+        channels = sorted(set(channel_ids))
+        keys = sorted(set(dedup_keys))
+        found: dict[tuple[str, str], tuple[str, str]] = {}
+        if not channels:
+            return found
+        for first in range(0, len(keys), 500):
+            query = select(Delivery.channel_id, Delivery.dedup_key, Delivery.id, Delivery.status).where(
+                Delivery.channel_id.in_(channels), Delivery.dedup_key.in_(keys[first : first + 500])
+            )
+            for channel_id, key, delivery_id, status in self.session.execute(query):
+                found[channel_id, key] = (delivery_id, status)
+        return found
+
     def deliveries(
         self,
         tenant_id: str | None,
