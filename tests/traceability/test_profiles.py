@@ -858,3 +858,92 @@ def test_reports_over_http(client: TestClient, tenant_a: TenantFixture) -> None:
     )
     assert workbook.status_code == 200
     assert zipfile.is_zipfile(io.BytesIO(workbook.content))
+
+
+# --- master data captured earlier ------------------------------------------------------------------
+
+
+def _romaine_without_master_data() -> tuple[bytes, bytes]:
+    """The romaine chain with its header's master data taken out, and that master data alone as a document."""
+    whole = json.loads(FSMA_FILE.read_text(encoding="utf-8"))
+    header = whole.pop("epcisHeader")
+    master_only = {**whole, "epcisHeader": header, "epcisBody": {"eventList": []}}
+    return json.dumps(whole).encode(), json.dumps(master_only).encode()
+
+
+def test_master_data_captured_earlier_completes_a_document_without_any(
+    client: TestClient, tenant_a: TenantFixture, tenant_b: TenantFixture
+) -> None:
+    without, master_only = _romaine_without_master_data()
+    json_type = {"Content-Type": "application/ld+json"}
+
+    def check(tenant: TenantFixture) -> dict[str, Any]:
+        response = client.post(
+            f"{PROFILES}/food_fsma204/check", content=without, headers={**tenant.headers(Role.VIEWER), **json_type}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    never = check(tenant_a)
+    assert never["valid"] is False
+    [issue] = [i for i in never["events"][3]["issues"] if i["element"] == "product_description"]
+    assert issue["location"] == f"{EVENTS}/3/quantityList/0/epcClass"
+    assert "gives descriptionShort for" in issue["message"]
+    assert "the tenant's" in issue["message"]
+
+    captured = client.post("/epcis/capture", content=master_only, headers={**tenant_a.headers(), **json_type})
+    assert captured.status_code == 202, captured.text
+    assert captured.json()["success"], captured.json()["errors"]
+    after = check(tenant_a)
+    assert (after["valid"], after["errorCount"]) == (True, 0)
+    assert check(tenant_b)["valid"] is False  # another tenant's master data is not read
+
+    report = client.post(
+        f"{PROFILES}/food_fsma204/report",
+        content=without,
+        headers={**tenant_a.headers(Role.VIEWER), **json_type},
+    )
+    assert report.status_code == 200, report.text
+    rows = report.json()["tables"][0]["rows"]
+    assert any("Romaine" in json.dumps(row) for row in rows)
+
+
+def test_stored_master_data_is_read_once_per_check_and_the_documents_own_wins(migrated_db: Any) -> None:
+    from sqlalchemy import event as sql_event
+
+    from iip.traceability.capture import CaptureService
+    from iip.traceability.profiles import service
+    from tests.conftest import make_tenant
+    from tests.traceability.query_support import capturer
+
+    tenant = make_tenant(migrated_db, f"p-{uuid.uuid4().hex[:8]}").id
+    without, master_only = _romaine_without_master_data()
+    with migrated_db.session() as session:
+        assert CaptureService(session).capture(capturer(tenant), master_only).success
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "traceability_master_data" in statement:
+            reads.append(statement)
+
+    sql_event.listen(migrated_db.engine, "before_cursor_execute", count)
+    try:
+        with migrated_db.session() as session:
+            checked = service.check_document("food_fsma204", without, session=session, tenant_id=tenant)
+            # The document's own description wins over the stored one.
+            own = json.loads(FSMA_FILE.read_text(encoding="utf-8"))
+            for vocabulary in own["epcisHeader"]["epcisMasterData"]["vocabularyList"]:
+                for element in vocabulary["vocabularyElementList"]:
+                    for attribute in element.get("attributes", []):
+                        if attribute["id"].endswith("descriptionShort"):
+                            attribute["attribute"] = "Document's own " + attribute["attribute"]
+            tables = service.report_document(
+                "food_fsma204", json.dumps(own).encode(), session=session, tenant_id=tenant
+            )
+    finally:
+        sql_event.remove(migrated_db.engine, "before_cursor_execute", count)
+    assert checked.error_count == 0
+    assert len(checked.events) == 10
+    assert len(reads) == 2  # one read per check or report, not one per event
+    assert "Document's own" in json.dumps([row for table in tables for row in table.rows], default=str)

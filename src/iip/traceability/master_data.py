@@ -162,6 +162,22 @@ def descriptions(session: Session, tenant_id: str | None, identifiers: Iterable[
     return {given: best[key][1] for key, names in wanted.items() if key in best for given in names}
 
 
+def attributes_by_key(session: Session, tenant_id: str, keys: Iterable[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(element key, attributes) of the tenant's elements of those canonical keys, in any vocabulary, a
+    location vocabulary's first: one query per CHUNK keys."""
+    wanted = sorted(set(keys))
+    rank = {kind: index for index, kind in enumerate(_PREFERRED_TYPES)}
+    rows: list[tuple[int, str, list[dict[str, Any]]]] = []
+    for start in range(0, len(wanted), CHUNK):
+        element = MasterDataElement
+        query = select(element.vocabulary_type, element.element_key, element.attributes).where(
+            element.tenant_id == tenant_id, element.element_key.in_(wanted[start : start + CHUNK])
+        )
+        rows += [(rank.get(kind, len(rank)), key, attributes or []) for kind, key, attributes in session.execute(query)]
+    rows.sort(key=lambda row: row[0])
+    return [(key, attributes) for _, key, attributes in rows]
+
+
 @dataclass(frozen=True)
 class MasterDataPage:
     elements: list[MasterDataElement]

@@ -1,7 +1,8 @@
 """Traceability profiles over HTTP: `/api/traceability/profiles`, a profile, and checks and reports of a document.
 
 Thin: parse, call `profiles.service`, shape. Checks and reports store nothing; the document (JSON or
-XML, as capture takes it) is read, checked against the profile and answered.
+XML, as capture takes it) is read, checked against the profile and answered, master data it lacks read
+from the tenant's stored master data (a platform operator's: the tenant named by `tenant_id`, else none).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from iip.api.deps import require
+from iip.api.deps import DbSession, require
+from iip.api.documents import TenantParam
 from iip.api.problems import problem_responses
-from iip.kernel.auth import Principal
+from iip.kernel.auth import Principal, tenant_to_read
 from iip.kernel.errors import Invalid
 from iip.traceability.capture_router import DOCUMENT_BODY
 from iip.traceability.document_body import CaptureBody, DeclaredSyntax
@@ -47,10 +49,19 @@ def get_profile(name: ProfileName, principal: Reader) -> JSONResponse:
     responses=problem_responses(401, 403, 404, 413, 415, 422),
     openapi_extra={"requestBody": DOCUMENT_BODY},
 )
-def check_document(name: ProfileName, body: CaptureBody, syntax: DeclaredSyntax, principal: Reader) -> CheckOut:
+def check_document(
+    name: ProfileName,
+    body: CaptureBody,
+    syntax: DeclaredSyntax,
+    principal: Reader,
+    session: DbSession,
+    tenant_id: TenantParam = None,
+) -> CheckOut:
     """Check an EPCIS document (JSON or XML) against a profile: each event's CTE and the KDEs it lacks, and
-    the rules across the document's events. Nothing is stored; `valid` is whether no error was found."""
-    return CheckOut.of(service.check_document(name, body))
+    the rules across the document's events. Master data the document lacks comes from the tenant's stored
+    master data. Nothing is stored; `valid` is whether no error was found."""
+    tenant = tenant_to_read(principal, tenant_id)
+    return CheckOut.of(service.check_document(name, body, session=session, tenant_id=tenant))
 
 
 @router.post(
@@ -67,6 +78,8 @@ def report_document(
     body: CaptureBody,
     syntax: DeclaredSyntax,
     principal: Reader,
+    session: DbSession,
+    tenant_id: TenantParam = None,
     table: Annotated[str | None, Query(max_length=64, pattern=KEY, description="one of the profile's tables")] = None,
     export_format: Annotated[Literal["json", "csv", "xlsx"], Query(alias="format")] = "json",
 ) -> Any:
@@ -78,7 +91,7 @@ def report_document(
             keys = ", ".join(t.key for t in profile.tables)
             raise Invalid(f"CSV holds one table: name one of {keys} with `table`", code="table_required")
         table = profile.tables[0].key
-    tables = service.report_document(name, body, table)
+    tables = service.report_document(name, body, table, session=session, tenant_id=tenant_to_read(principal, tenant_id))
     if export_format == "json":
         return ReportOut(profile=name, tables=[TableOut.of(t) for t in tables])
     if export_format == "csv":

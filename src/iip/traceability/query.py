@@ -11,6 +11,8 @@ web URIs, times in UTC. Most filters are SQL on the indexed columns or `IN` subq
 tables, each led by the tenant. The few conditions that live only in an event's body (persistent
 dispositions, error declaration times and corrective ids, the sensor fields the report table does
 not keep) narrow in SQL first (events that have such a part) and are checked on the body after.
+`WD_readPoint` and `WD_bizLocation` take the named locations and those under them in the tenant's
+stored location master data (`location_hierarchy`), read when the query runs.
 
 Pages are keyset pages over (sort key, id): the next page token carries the last event's position,
 the count delivered so far (for `eventCountLimit`), an expiry and a fingerprint of the query and
@@ -43,7 +45,9 @@ from iip.traceability.epcis.documents import (
     normalise_time,
 )
 from iip.traceability.epcis.identifiers import IdentifierError, canonical
+from iip.traceability.epcis.master_data import BUSINESS_LOCATION, READ_POINT
 from iip.traceability.indexing import vocabulary_uri
+from iip.traceability.location_hierarchy import descendants
 from iip.traceability.models import Event, EventEpc, EventLink, SensorReport
 
 QUERY_PARAMETER = "query_parameter"
@@ -216,6 +220,9 @@ class EventQuery:
     persistent_unset: tuple[str, ...] = ()
     read_points: tuple[str, ...] = ()  # canonical
     biz_locations: tuple[str, ...] = ()
+    # WD_: these locations and those under them in the tenant's location master data (`location_hierarchy`)
+    read_points_within: tuple[str, ...] = ()
+    biz_locations_within: tuple[str, ...] = ()
     transformation_ids: tuple[str, ...] = ()
     epc_matches: tuple[EpcMatch, ...] = ()
     quantity_bounds: tuple[QuantityBound, ...] = ()
@@ -409,10 +416,9 @@ _EVENT_PARAMETERS: dict[str, tuple[str, _Reader]] = {
     "EQ_persistentDisposition_set": ("persistent_set", _vocabulary_reader("disposition")),
     "EQ_persistentDisposition_unset": ("persistent_unset", _vocabulary_reader("disposition")),
     "EQ_readPoint": ("read_points", _identifiers),
-    # Descendants come from location master data, which the repository does not hold: WD_ is EQ_.
-    "WD_readPoint": ("read_points", _identifiers),
+    "WD_readPoint": ("read_points_within", _identifiers),
     "EQ_bizLocation": ("biz_locations", _identifiers),
-    "WD_bizLocation": ("biz_locations", _identifiers),
+    "WD_bizLocation": ("biz_locations_within", _identifiers),
     "EQ_transformationID": ("transformation_ids", _strings),
     "EQ_eventID": ("event_ids", _strings),
     "EXISTS_errorDeclaration": ("error_declared", _flag),
@@ -460,10 +466,7 @@ def parse_query(params: Mapping[str, str | Sequence[str]]) -> EventQuery:  # noq
             continue
         if name in _EVENT_PARAMETERS:
             attribute, reader = _EVENT_PARAMETERS[name]
-            value = reader(name, raw)
-            if attribute in found and isinstance(value, tuple):
-                value = tuple(dict.fromkeys((*found[attribute], *value)))  # EQ_ and WD_ of one field
-            found[attribute] = value
+            found[attribute] = reader(name, raw)
         elif name in _SENSOR_PARAMETERS:
             attribute, reader = _SENSOR_PARAMETERS[name]
             sensor[attribute] = reader(name, raw)
@@ -803,6 +806,36 @@ def _device_matches(value: Any, wanted: tuple[str, ...]) -> bool:
     return isinstance(value, str) and _canonical_or_raw(value) in {_canonical_or_raw(w) for w in wanted}
 
 
+# --- locations with descendants ------------------------------------------------------------------------
+
+# WD_ field → the event column it filters, the master data vocabulary its hierarchy is read from, its parameter.
+_WITHIN: tuple[tuple[str, InstrumentedAttribute[str | None], str, str], ...] = (
+    ("read_points_within", Event.read_point, READ_POINT, "WD_readPoint"),
+    ("biz_locations_within", Event.biz_location, BUSINESS_LOCATION, "WD_bizLocation"),
+)
+
+
+def _within(session: Session, tenant_id: str | None, query: EventQuery) -> list[ColumnElement[bool]]:
+    """The WD_ conditions, resolved against the master data stored now: the named locations, or those
+    under them in the event's own tenant's hierarchy. One per WD_ parameter given; EQ_ of the same field
+    is a condition of its own (an event must meet both)."""
+    conditions: list[ColumnElement[bool]] = []
+    for name, column, vocabulary_type, parameter in _WITHIN:
+        roots: tuple[str, ...] = getattr(query, name)
+        if not roots:
+            continue
+        below = descendants(session, tenant_id, vocabulary_type, roots, parameter=parameter)
+        if tenant_id is not None:
+            conditions.append(column.in_(sorted({*roots, *below.get(tenant_id, ())})))
+            continue
+        alternatives: list[ColumnElement[bool]] = [column.in_(roots)]
+        alternatives += [
+            and_(Event.tenant_id == tenant, column.in_(sorted(found))) for tenant, found in sorted(below.items())
+        ]
+        conditions.append(or_(*alternatives))
+    return conditions
+
+
 # --- running -------------------------------------------------------------------------------------------
 
 
@@ -819,11 +852,17 @@ def _sort_column(query: EventQuery) -> InstrumentedAttribute[dt.datetime] | None
 
 
 def _statement(
-    dialect: str, tenant_id: str | None, query: EventQuery, after: _Position | None, *, by_id: bool = False
+    dialect: str,
+    tenant_id: str | None,
+    query: EventQuery,
+    after: _Position | None,
+    within: Sequence[ColumnElement[bool]],
+    *,
+    by_id: bool = False,
 ) -> Select[Event]:
     column = None if by_id else _sort_column(query)
     descending = column is not None and query.descending
-    where = _conditions(dialect, tenant_id, query)
+    where = [*_conditions(dialect, tenant_id, query), *within]
     if after is not None:
         if column is None:
             where.append(Event.id > after.id)
@@ -850,6 +889,7 @@ def _rows(
     query: EventQuery,
     after: _Position | None,
     limit: int | None,
+    within: Sequence[ColumnElement[bool]],
     *,
     by_id: bool = False,
 ) -> list[Event]:
@@ -857,11 +897,12 @@ def _rows(
     dialect = session.get_bind().dialect.name
     check = _body_check(query)
     if check is None:
-        statement = _statement(dialect, tenant_id, query, after, by_id=by_id)
+        statement = _statement(dialect, tenant_id, query, after, within, by_id=by_id)
         return list(session.scalars(statement if limit is None else statement.limit(limit)))
     found: list[Event] = []
     while limit is None or len(found) < limit:
-        batch = list(session.scalars(_statement(dialect, tenant_id, query, after, by_id=by_id).limit(_BATCH)))
+        statement = _statement(dialect, tenant_id, query, after, within, by_id=by_id)
+        batch = list(session.scalars(statement.limit(_BATCH)))
         found.extend(event for event in batch if check(event))
         if len(batch) < _BATCH:
             break
@@ -876,17 +917,25 @@ def select_events(
 
     `orderBy`, `orderDirection`, `eventCountLimit` and `maxEventCount` play no part here.
     """
-    return _rows(session, tenant_id, query, _Position(None, after_id), limit, by_id=True)
+    within = _within(session, tenant_id, query)
+    return _rows(session, tenant_id, query, _Position(None, after_id), limit, within, by_id=True)
 
 
 def count_events(session: Session, tenant_id: str | None, query: EventQuery, *, up_to: int) -> int:
     """How many events match, counting no further than `up_to`."""
+    return _count_matching(session, tenant_id, query, up_to, _within(session, tenant_id, query))
+
+
+def _count_matching(
+    session: Session, tenant_id: str | None, query: EventQuery, up_to: int, within: Sequence[ColumnElement[bool]]
+) -> int:
     check = _body_check(query)
     if check is None:
         dialect = session.get_bind().dialect.name
-        ids = _statement(dialect, tenant_id, query, None, by_id=True).with_only_columns(Event.id).limit(up_to)
+        statement = _statement(dialect, tenant_id, query, None, within, by_id=True)
+        ids = statement.with_only_columns(Event.id).limit(up_to)
         return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
-    return len(_rows(session, tenant_id, query, None, up_to, by_id=True))
+    return len(_rows(session, tenant_id, query, None, up_to, within, by_id=True))
 
 
 def run_query(
@@ -908,8 +957,9 @@ def run_query(
     now = now or utcnow()
     fingerprint = query.fingerprint(tenant_id)
     after, delivered = (None, 0) if page_token is None else _read_token(page_token, fingerprint, now)
+    within = _within(session, tenant_id, query)
     if page_token is None and query.max_event_count is not None:
-        matching = count_events(session, tenant_id, query, up_to=query.max_event_count + 1)
+        matching = _count_matching(session, tenant_id, query, query.max_event_count + 1, within)
         if matching > query.max_event_count:
             raise Invalid(
                 f"more than maxEventCount ({query.max_event_count}) events match the query",
@@ -921,7 +971,7 @@ def run_query(
         wanted = min(wanted, query.event_count_limit - delivered)
     if wanted <= 0:
         return QueryPage([], None)
-    rows = _rows(session, tenant_id, query, after, wanted + 1)
+    rows = _rows(session, tenant_id, query, after, wanted + 1, within)
     events = rows[:wanted]
     delivered += len(events)
     limit_reached = query.event_count_limit is not None and delivered >= query.event_count_limit

@@ -59,6 +59,21 @@ def events_command(
     biz_step: Annotated[
         list[str] | None, typer.Option("--biz-step", help="Only this business step, e.g. shipping (repeatable).")
     ] = None,
+    location: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--location",
+            help="Only events at this business location or one under it in the tenant's master data: URN or "
+            "Digital Link (repeatable).",
+        ),
+    ] = None,
+    read_point: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--read-point",
+            help="Only events read at this read point or one under it in the tenant's master data (repeatable).",
+        ),
+    ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="Events at or after this time (ISO 8601; UTC without offset).")
     ] = None,
@@ -71,7 +86,13 @@ def events_command(
     from iip.traceability.query import parse_query, run_query
 
     params: dict[str, list[str]] = {"orderBy": ["eventTime"], "orderDirection": ["DESC"]}
-    given = {"eventType": event_type, "MATCH_anyEPC": epc, "EQ_bizStep": biz_step}
+    given = {
+        "eventType": event_type,
+        "MATCH_anyEPC": epc,
+        "EQ_bizStep": biz_step,
+        "WD_bizLocation": location,
+        "WD_readPoint": read_point,
+    }
     params.update({name: values for name, values in given.items() if values})
     if since is not None:
         params["GE_eventTime"] = [since]

@@ -65,7 +65,8 @@ def _key(identifier: Any) -> str | None:
     return canonical(identifier) or identifier.strip()
 
 
-def _add(master: dict[str, dict[str, str]], element_id: Any, attributes: Iterable[tuple[Any, Any]]) -> None:
+def add_element(master: dict[str, dict[str, str]], element_id: Any, attributes: Iterable[tuple[Any, Any]]) -> None:
+    """One element's attributes into `master` by local name, the first value of each kept (text and numbers)."""
     key = _key(element_id)
     if key is None:
         return
@@ -93,7 +94,7 @@ def _json_master_data(document: EpcisDocument) -> dict[str, dict[str, str]]:
                 for a in (attributes if isinstance(attributes, list) else [])
                 if isinstance(a, Mapping)
             ]
-            _add(master, element.get("id"), pairs)
+            add_element(master, element.get("id"), pairs)
     return master
 
 
@@ -108,5 +109,5 @@ def _xml_master_data(raw: bytes) -> dict[str, dict[str, str]]:
         if _local(element) != "VocabularyElement":
             continue
         pairs = [(a.get("id"), (a.text or "").strip()) for a in element if _local(a) == "attribute"]
-        _add(master, element.get("id"), pairs)
+        add_element(master, element.get("id"), pairs)
     return master

@@ -337,21 +337,31 @@ def _ai_value(locator: Locator, ai: str, value: Any, pointer: str, reference_yea
     return Found(pointer, day, day.isoformat())
 
 
-def _master_value(locator: Locator, value: Any, pointer: str, scope: Scope) -> Found | Rejected:
+def master_keys(value: Any) -> list[str]:
+    """The master data keys a value is looked up under, in order: its canonical identifier (or the text as
+    written), then its GTIN class; [] for a value that is no identifier."""
     canonical_id = canonical(value)
-    key = canonical_id or (value.strip() if isinstance(value, str) else None)
+    key = canonical_id or (value.strip() if isinstance(value, str) and value.strip() else None)
     if key is None:
-        return Rejected(pointer, f"{_short(value)} is no identifier to look master data up for")
+        return []
     candidates = [key]
     if canonical_id is not None:
         gtin = ai_pairs(canonical_id).get("01")
         if gtin:
             candidates.append(f"{identifiers.DL_BASE}/01/{gtin}")  # master data is kept per product class
+    return candidates
+
+
+def _master_value(locator: Locator, value: Any, pointer: str, scope: Scope) -> Found | Rejected:
+    candidates = master_keys(value)
+    if not candidates:
+        return Rejected(pointer, f"{_short(value)} is no identifier to look master data up for")
     for candidate in candidates:
         attribute = scope.master_data.get(candidate, {}).get(locator.master or "")
         if isinstance(attribute, str) and attribute.strip():
             return Found(pointer, attribute, attribute.strip())
-    return Rejected(pointer, f"the document's master data gives no {locator.master} for {_short(value)}")
+    given = f"gives {locator.master} for {_short(value)}"
+    return Rejected(pointer, f"no master data (the document's or the tenant's) {given}")
 
 
 def _quantity(value: Any, pointer: str) -> Found | Rejected:

@@ -25,12 +25,14 @@ from iip.traceability.profiles.locate import (
     gln,
     identity_keys,
     local_date,
+    master_keys,
     match_keys,
     matching_keys,
     parse_time,
     serial_key,
     site,
     vocabulary_term,
+    walk,
 )
 from iip.traceability.profiles.model import (
     CriticalEvent,
@@ -42,6 +44,7 @@ from iip.traceability.profiles.model import (
     UsedAfterExpiry,
     UsedTwice,
     UsedWithoutReceiving,
+    parse_path,
     static_prefix,
 )
 
@@ -74,6 +77,30 @@ def scope_of(
     profile: Profile, context: Mapping[str, str] | None = None, master_data: MasterData | None = None
 ) -> Scope:
     return Scope(profile.namespaces, dict(context or {}), master_data or {})
+
+
+def master_data_keys(
+    profile: Profile, events: Iterable[Mapping[str, Any]], context: Mapping[str, str] | None = None
+) -> set[str]:
+    """Every master data key a check or report of these events may look up (what a `master:` locator of
+    the profile reaches, as `locate.master_keys` gives it), so master data held elsewhere is read once."""
+    locators = [locator for element in profile.elements.values() for locator in element.find]
+    for cte in profile.events:
+        locators += [locator for use in cte.kdes for locator in use.find or ()]
+        locators += [marker for shape in cte.shapes for marker in shape.having]
+    paths = {locator.path for locator in locators if locator.master is not None}
+    scope = scope_of(profile, context)
+    keys: set[str] = set()
+    for event in events:
+        for path in paths:
+            for _, value in walk(event, parse_path(path), scope):
+                keys.update(master_keys(value))
+    return keys
+
+
+def layered(document: MasterData, stored: MasterData) -> dict[str, dict[str, str]]:
+    """Master data of the document first, then the stored: per element, an attribute the document gives wins."""
+    return {key: {**stored.get(key, {}), **document.get(key, {})} for key in {*stored, *document}}
 
 
 # --- one event -----------------------------------------------------------------------------------
