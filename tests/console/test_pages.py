@@ -104,6 +104,7 @@ def test_navigation_follows_the_role(client: TestClient, runtime: Runtime, tenan
         "/security/captures",
         "/security/baselines",
         "/security/honeypot",
+        "/security/intel",
         "/security/advisories",
         "/security/inbox",
         "/security/incidents",

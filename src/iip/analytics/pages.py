@@ -17,6 +17,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -31,7 +32,7 @@ from iip.analytics.service import AnalyticsService, time_ms
 from iip.analytics.spc import MAX_SUBGROUP, MIN_SUBGROUP
 from iip.analytics.training import read_file
 from iip.api.deps import DbSession, audit_object, get_runtime
-from iip.console.forms import FormState, clean_filter, url_with
+from iip.console.forms import FormState, clean_filter, not_done, refusal_status, render_form_page, url_with
 from iip.console.web import (
     N_,
     ConsoleIdentity,
@@ -45,7 +46,7 @@ from iip.console.web import (
     request_language,
     static_url,
 )
-from iip.kernel.errors import Conflict, DomainError, Invalid, NotFound
+from iip.kernel.errors import Conflict, Invalid, NotFound
 from iip.kernel.module import Page
 from iip.kernel.runtime import Runtime
 from iip.telemetry.public import points_between
@@ -75,6 +76,8 @@ DEFAULT_TOP = 10
 MAX_TOP = 50
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 DEFAULT_WINDOW = dt.timedelta(hours=1)
+NO_MONITOR_CHART = N_("This version estimates remaining useful life; it has no monitoring chart.")
+NO_RUL = N_("This version is a process monitor; it estimates no remaining life.")
 
 
 # --- what the pages share ---------------------------------------------------------------------
@@ -238,10 +241,6 @@ def default_window() -> tuple[dt.datetime, dt.datetime]:
     return end - DEFAULT_WINDOW, end
 
 
-def not_done(err: DomainError) -> Message:
-    return message(N_("Not done: %(reason)s"), reason=err.message)
-
-
 # --- model list -------------------------------------------------------------------------------
 
 
@@ -279,26 +278,19 @@ def _model_page(
 ) -> HTMLResponse:
     service = _service(request, session, identity)
     model = service.get_model(ref[:100])
-    versions = views.version_views(session, model)
-    return render(
-        request,
-        "analytics/model.html",
-        {
-            "page_title": N_("Model"),
-            "model": model,
-            "versions": versions,
-            "version_url": lambda number, page="": version_url(model, number, identity, page),
-            "back_url": MODELS_PATH,
-            "form": (form or FormState()).values,
-            "errors": (form or FormState()).errors,
-            "form_version": form_version,
-            "problem": problem,
-            "deployment_settings": deployment_settings,
-            "interval_of": interval_text,
-            **shared(identity),
-        },
-        status_code=status,
-    )
+    context = {
+        "page_title": N_("Model"),
+        "model": model,
+        "versions": views.version_views(session, model),
+        "version_url": lambda number, page="": version_url(model, number, identity, page),
+        "back_url": MODELS_PATH,
+        "form_version": form_version,
+        "problem": problem,
+        "deployment_settings": deployment_settings,
+        "interval_of": interval_text,
+        **shared(identity),
+    }
+    return render_form_page(request, "analytics/model.html", context, form, status_code=status)
 
 
 @pages_router.get(MODELS_PATH + "/{model}", response_class=HTMLResponse)
@@ -339,10 +331,15 @@ def _deployment_action(
             elsewhere = act(service, version)
         except (Conflict, Invalid, NotFound) as err:
             session.rollback()
-            status = 409 if isinstance(err, Conflict) else 404 if isinstance(err, NotFound) else 422
-            refused = not_done(err)
             return _model_page(
-                request, session, identity, ref, form=form, form_version=version.version, problem=refused, status=status
+                request,
+                session,
+                identity,
+                ref,
+                form=form,
+                form_version=version.version,
+                problem=not_done(err),
+                status=refusal_status(err),
             )
         background.add_task(_reload_scorers, get_runtime(request))
         return redirect(elsewhere or f"{model_url(model, identity)}#version-{version.version}", notice=notice)
@@ -451,39 +448,54 @@ def retire_version(
 # --- monitoring chart and contributions -------------------------------------------------------
 
 
-def _version_context(
-    service: AnalyticsService, identity: ConsoleIdentity, ref: str, number: str
-) -> tuple[Model, ModelVersion, dict[str, Any]]:
-    version = service.get_version(ref[:100], number[:40])
-    model = service.model_of(version)
+@dataclass(frozen=True, slots=True)
+class VersionPage:
+    """A page of one model version: the service, the version and what each of its pages shows."""
+
+    service: AnalyticsService
+    row: ModelVersion
+    context: dict[str, Any]
+
+    def form_only(self, request: Request, name: str, form: FormState, *, charted: bool) -> HTMLResponse:
+        """`analytics/<name>.html` with its form and no result: nothing asked yet, or `charted` is false
+        because this kind of version has no such chart (the page says so)."""
+        if not charted:
+            no_chart = NO_MONITOR_CHART if self.row.kind == RUL else NO_RUL
+            self.context["problem"] = message(no_chart)
+        return render_form_page(request, f"analytics/{name}.html", self.context, form)
+
+
+def _version_page(request: Request, model: str, version: str, identity: Reader, session: DbSession) -> VersionPage:
+    service = _service(request, session, identity)
+    row = service.get_version(model[:100], version[:40])
+    found = service.model_of(row)
     context = {
-        "model": model,
-        "model_version": version,
-        "model_url": model_url(model, identity),
-        "monitor_url": version_url(model, version.version, identity, "monitor"),
-        "contributions_url": version_url(model, version.version, identity, "contributions"),
-        "rul_url": version_url(model, version.version, identity, "rul"),
-        "needs_device": views.needs_device(version),
+        "model": found,
+        "model_version": row,
+        "model_url": model_url(found, identity),
+        "monitor_url": version_url(found, row.version, identity, "monitor"),
+        "contributions_url": version_url(found, row.version, identity, "contributions"),
+        "rul_url": version_url(found, row.version, identity, "rul"),
+        "needs_device": views.needs_device(row),
         **shared(identity),
     }
-    return model, version, context
+    return VersionPage(service, row, context)
+
+
+OfVersion = Annotated[VersionPage, Depends(_version_page)]
 
 
 @pages_router.get(MODELS_PATH + "/{model}/versions/{version}/monitor", response_class=HTMLResponse)
 def monitor_page(
     request: Request,
-    model: str,
-    version: str,
-    identity: Reader,
-    session: DbSession,
+    page: OfVersion,
     device: str = "",
     start: str = "",
     end: str = "",
     interval: str = "",
 ) -> HTMLResponse:
     """A version's statistics over a device's stored telemetry, with their limits and alarm episodes."""
-    service = _service(request, session, identity)
-    _model, row, context = _version_context(service, identity, model, version)
+    service, row, context = page.service, page.row, page.context
     submitted = bool(start or end)
     since, until = default_window()
     form = FormState(
@@ -495,11 +507,8 @@ def monitor_page(
         }
     )
     context.update(page_title=N_("Monitoring chart"), view=None, problem=None, chart=None)
-    if row.kind == RUL:
-        context["problem"] = message(N_("This version estimates remaining useful life; it has no monitoring chart."))
-        return render(request, "analytics/monitor.html", {**context, "form": form.values, "errors": {}})
-    if not submitted:
-        return render(request, "analytics/monitor.html", {**context, "form": form.values, "errors": {}})
+    if row.kind == RUL or not submitted:
+        return page.form_only(request, "monitor", form, charted=row.kind != RUL)
     key = parse_device(form.values["device"], form, required=context["needs_device"])
     since_at, until_at = parse_range(form.values["start"], form.values["end"], form)
     step = parse_number(form.values["interval"], form, "interval", low=MIN_INTERVAL_S, high=MAX_INTERVAL_S)
@@ -534,18 +543,13 @@ def monitor_page(
             )
     else:
         status = 422
-    return render(
-        request, "analytics/monitor.html", {**context, "form": form.values, "errors": form.errors}, status_code=status
-    )
+    return render_form_page(request, "analytics/monitor.html", context, form, status_code=status)
 
 
 @pages_router.get(MODELS_PATH + "/{model}/versions/{version}/contributions", response_class=HTMLResponse)
 def contributions_page(
     request: Request,
-    model: str,
-    version: str,
-    identity: Reader,
-    session: DbSession,
+    page: OfVersion,
     device: str = "",
     at: str = "",
     interval: str = "",
@@ -554,8 +558,7 @@ def contributions_page(
     end: str = "",
 ) -> HTMLResponse:
     """Each variable's contribution to each statistic at one grid step of a device's stored telemetry."""
-    service = _service(request, session, identity)
-    _model, row, context = _version_context(service, identity, model, version)
+    service, row, context = page.service, page.row, page.context
     form = FormState(
         {
             "device": device[: DEVICE_LENGTH + 1] or views.trained_device(row),
@@ -574,11 +577,8 @@ def contributions_page(
         back_url=url_with(context["monitor_url"], back) if start and end else context["monitor_url"],
         range={"start": start[:40], "end": end[:40]},
     )
-    if row.kind == RUL:
-        context["problem"] = message(N_("This version estimates remaining useful life; it has no monitoring chart."))
-        return render(request, "analytics/contributions.html", {**context, "form": form.values, "errors": {}})
-    if not at:
-        return render(request, "analytics/contributions.html", {**context, "form": form.values, "errors": {}})
+    if row.kind == RUL or not at:
+        return page.form_only(request, "contributions", form, charted=row.kind != RUL)
     key = parse_device(form.values["device"], form, required=context["needs_device"])
     moment = parse_time(form.values["at"], form, "at")
     if moment is not None:
@@ -609,12 +609,7 @@ def contributions_page(
                 moment=moment,
                 chart={"panels": chart, "value_label": translate(N_("Contribution"))},
             )
-    return render(
-        request,
-        "analytics/contributions.html",
-        {**context, "form": form.values, "errors": form.errors},
-        status_code=status,
-    )
+    return render_form_page(request, "analytics/contributions.html", context, form, status_code=status)
 
 
 # --- remaining useful life --------------------------------------------------------------------
@@ -638,10 +633,7 @@ def parse_devices(text: str, form: FormState) -> list[str]:
 @pages_router.get(MODELS_PATH + "/{model}/versions/{version}/rul", response_class=HTMLResponse)
 def rul_page(
     request: Request,
-    model: str,
-    version: str,
-    identity: Reader,
-    session: DbSession,
+    page: OfVersion,
     devices: str = "",
     start: str = "",
     end: str = "",
@@ -649,8 +641,7 @@ def rul_page(
     unit: str = "",
 ) -> HTMLResponse:
     """Remaining useful life of each device now, most urgent first, and one unit's estimate over its cycles."""
-    service = _service(request, session, identity)
-    _model, row, context = _version_context(service, identity, model, version)
+    service, row, context = page.service, page.row, page.context
     submitted = bool(devices)
     since, until = default_window()
     form = FormState(
@@ -662,11 +653,8 @@ def rul_page(
         }
     )
     context.update(page_title=N_("Remaining useful life"), rows=None, problem=None, curve=None, chosen=None, cap=None)
-    if row.kind != RUL:
-        context["problem"] = message(N_("This version is a process monitor; it estimates no remaining life."))
-        return render(request, "analytics/rul.html", {**context, "form": form.values, "errors": {}})
-    if not submitted:
-        return render(request, "analytics/rul.html", {**context, "form": form.values, "errors": {}})
+    if row.kind != RUL or not submitted:
+        return page.form_only(request, "rul", form, charted=row.kind == RUL)
     names = parse_devices(form.values["devices"], form)
     since_at, until_at = parse_range(form.values["start"], form.values["end"], form)
     step = parse_number(form.values["interval"], form, "interval", low=MIN_INTERVAL_S, high=MAX_INTERVAL_S)
@@ -680,9 +668,7 @@ def rul_page(
                 limit=views.MAX_RUL_CYCLES,
             )
     if not (form.ok and since_at and until_at and step):
-        return render(
-            request, "analytics/rul.html", {**context, "form": form.values, "errors": form.errors}, status_code=422
-        )
+        return render_form_page(request, "analytics/rul.html", context, form, status_code=422)
     try:
         report = service.rul_telemetry(row, devices=names, start=since_at, end=until_at, interval_s=step)
         cap = service.rul_model(row).cap
@@ -694,7 +680,7 @@ def rul_page(
             curve = views.curve_chart(service.rul_model(row).predict_cycles(history), cap)
     except Invalid as err:
         context["problem"] = not_done(err)
-        return render(request, "analytics/rul.html", {**context, "form": form.values, "errors": {}}, status_code=422)
+        return render_form_page(request, "analytics/rul.html", context, form, status_code=422)
     query = {k: form.values[k] for k in ("devices", "start", "end", "interval")}
     context.update(
         rows=rows,
@@ -703,7 +689,7 @@ def rul_page(
         cap=cap,
         unit_url=lambda name: url_with(context["rul_url"], {**query, "unit": name}) + "#unit-chart",
     )
-    return render(request, "analytics/rul.html", {**context, "form": form.values, "errors": {}})
+    return render_form_page(request, "analytics/rul.html", context, form)
 
 
 # --- statistical process control --------------------------------------------------------------
@@ -831,7 +817,7 @@ def _spc_page(
         since, until = default_window()
         form.values["start"] = form.values["start"] or time_field(since)
         form.values["end"] = form.values["end"] or time_field(until)
-        return render(request, "analytics/spc.html", {**context, "form": form.values, "errors": {}})
+        return render_form_page(request, "analytics/spc.html", context, form)
     settings = spc_settings(form)
     try:
         if form.values["source"] == "telemetry":
@@ -849,9 +835,7 @@ def _spc_page(
         else:
             status = 200
             context.update(result=result, chart=result.chart(translator(request)))
-    return render(
-        request, "analytics/spc.html", {**context, "form": form.values, "errors": form.errors}, status_code=status
-    )
+    return render_form_page(request, "analytics/spc.html", context, form, status_code=status)
 
 
 @pages_router.get(SPC_PATH, response_class=HTMLResponse)

@@ -1,4 +1,4 @@
-"""What the console's list and form pages share: form state, filters, paging and number display."""
+"""What the console's list and form pages share: form state, refusals, filters, paging and number display."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
-from iip.console.i18n import Message, message
+from iip.console.i18n import N_, Message, message
 from iip.console.web import render
+from iip.kernel.errors import Conflict, DomainError, Forbidden, NotFound
 
 FILTER_LENGTH = 200  # longer filters are cut: nothing a person types into a search box is longer
 MAX_PAGE = 1_000_000
@@ -36,12 +37,33 @@ class FormState:
 
 
 def render_form_page(
-    request: Request, template: str, context: Mapping[str, Any], form: FormState | None = None
+    request: Request,
+    template: str,
+    context: Mapping[str, Any],
+    form: FormState | None = None,
+    *,
+    status_code: int | None = None,
 ) -> HTMLResponse:
-    """A page holding a form: 422 while the submitted form has errors, as the API answers invalid input."""
+    """A page holding a form: 422 while the submitted form has errors, as the API answers invalid input.
+
+    `status_code` overrides that, for a valid form the service refused."""
     state = form or FormState()
     values = {**context, "form": state.values, "errors": state.errors}
-    return render(request, template, values, status_code=200 if state.ok else 422)
+    return render(request, template, values, status_code=status_code or (200 if state.ok else 422))
+
+
+def not_done(err: DomainError) -> Message:
+    """Why the service refused an action, for the page that says so."""
+    return message(N_("Not done: %(reason)s"), reason=err.message)
+
+
+def refusal_status(err: DomainError) -> int:
+    """The status of a page refusing an action: as the API would answer, any other refusal 422."""
+    if isinstance(err, NotFound):
+        return 404
+    if isinstance(err, Forbidden):
+        return 403
+    return 409 if isinstance(err, Conflict) else 422
 
 
 def clean_filter(value: str, limit: int = FILTER_LENGTH) -> str:

@@ -22,19 +22,10 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from iip.api.deps import DbSession, audit_object, get_runtime
-from iip.console.forms import clean_filter
-from iip.console.web import (
-    N_,
-    ConsoleIdentity,
-    Message,
-    console_permission,
-    csrf_protect,
-    message,
-    redirect,
-    render,
-)
+from iip.console.forms import clean_filter, not_done, refusal_status
+from iip.console.web import N_, ConsoleIdentity, console_permission, csrf_protect, redirect, render
 from iip.kernel.auth import AccessService
-from iip.kernel.errors import Conflict, DomainError, Forbidden, NotFound
+from iip.kernel.errors import DomainError
 from iip.kernel.module import Page
 from iip.security import ingest
 from iip.security.bulletins import BulletinService
@@ -147,51 +138,56 @@ def shared(identity: ConsoleIdentity) -> dict[str, Any]:
     }
 
 
-def not_done(err: DomainError) -> Message:
-    return message(N_("Not done: %(reason)s"), reason=err.message)
-
-
-def status_of(err: DomainError) -> int:
-    if isinstance(err, NotFound):
-        return 404
-    if isinstance(err, Forbidden):
-        return 403
-    return 409 if isinstance(err, Conflict) else 422
+def page(
+    request: Request, identity: ConsoleIdentity, name: str, title: str, *, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    """The page `security/<name>.html` with its title, its own values and what every security page shows."""
+    values = {"page_title": title, **context, **shared(identity)}
+    return render(request, f"security/{name}.html", values, status_code=status_code)
 
 
 def refused(request: Request, identity: ConsoleIdentity, err: DomainError, back: str) -> HTMLResponse:
-    return render(
-        request,
-        "security/refused.html",
-        {"page_title": N_("Not done"), "problem": not_done(err), "back_url": back, **shared(identity)},
-        status_code=status_of(err),
-    )
+    status = refusal_status(err)
+    return page(request, identity, "refused", N_("Not done"), problem=not_done(err), back_url=back, status_code=status)
 
 
-def act(
-    request: Request,
-    session: Session,
-    identity: ConsoleIdentity,
-    action: Callable[[Services], object],
-    *,
-    back: str,
-    notice: str,
-    background: BackgroundTasks | None = None,
-) -> Response:
-    """Do one change; back to `back` with a notice, or the reason it was refused."""
-    services = _services(request, session, identity)
-    try:
-        action(services)
-    except DomainError as err:
-        session.rollback()
-        return refused(request, identity, err, back)
-    if background is not None:
-        runtime = get_runtime(request)
-        if services.security.events:
-            background.add_task(publish_events, runtime, list(services.security.events))
-        if services.bulletins.deliveries:
-            background.add_task(send_deliveries, runtime, list(services.bulletins.deliveries))
-    return redirect(back, notice=notice)
+@dataclass(frozen=True, slots=True)
+class Act:
+    """The change one console form asks for: done, or refused with the reason."""
+
+    request: Request
+    session: Session
+    identity: ConsoleIdentity
+
+    def __call__(
+        self,
+        action: Callable[[Services], object],
+        *,
+        back: str,
+        notice: str,
+        background: BackgroundTasks | None = None,
+    ) -> Response:
+        """Do one change; back to `back` with a notice, or the reason it was refused."""
+        services = _services(self.request, self.session, self.identity)
+        try:
+            action(services)
+        except DomainError as err:
+            self.session.rollback()
+            return refused(self.request, self.identity, err, back)
+        if background is not None:
+            runtime = get_runtime(self.request)
+            if services.security.events:
+                background.add_task(publish_events, runtime, list(services.security.events))
+            if services.bulletins.deliveries:
+                background.add_task(send_deliveries, runtime, list(services.bulletins.deliveries))
+        return redirect(back, notice=notice)
+
+
+def _act(request: Request, identity: Writer, session: DbSession) -> Act:
+    return Act(request, session, identity)
+
+
+Acting = Annotated[Act, Depends(_act)]  # a writer's change
 
 
 # --- overview ---------------------------------------------------------------------------------
@@ -202,11 +198,7 @@ def overview_page(request: Request, identity: Reader, session: DbSession) -> HTM
     service = _service(request, session, identity)
     awareness = service.awareness()
     tenants = service.awareness_by_tenant() if identity.principal.is_platform else []
-    return render(
-        request,
-        "security/overview.html",
-        {"page_title": N_("Security overview"), "a": awareness, "tenants": tenants, **shared(identity)},
-    )
+    return page(request, identity, "overview", N_("Security overview"), a=awareness, tenants=tenants)
 
 
 # --- assets -----------------------------------------------------------------------------------
@@ -217,26 +209,13 @@ def assets_page(request: Request, identity: Reader, session: DbSession, q: str =
     text, site = clean_filter(q, 100), clean_filter(site, 100)
     where = AssetFilter(text=text or None, site=site or None)
     rows = _service(request, session, identity).list_assets(where=where)
-    return render(
-        request,
-        "security/assets.html",
-        {"page_title": N_("Assets"), "rows": rows, "filters": {"q": text, "site": site}, **shared(identity)},
-    )
+    return page(request, identity, "assets", N_("Assets"), rows=rows, filters={"q": text, "site": site})
 
 
 @pages_router.post(ASSETS + "/import", dependencies=CSRF)
-async def import_assets_form(
-    request: Request,
-    identity: Writer,
-    session: DbSession,
-    file: Annotated[UploadFile, File()],
-    site: FormText = "",
-) -> Response:
+async def import_assets_form(act: Acting, file: Annotated[UploadFile, File()], site: FormText = "") -> Response:
     content = await file.read(MAX_CSV_BYTES + 1)
     return act(
-        request,
-        session,
-        identity,
         lambda s: s.security.import_assets_csv(content[:MAX_CSV_BYTES], site=site.strip()[:100]),
         back=ASSETS,
         notice=N_("Assets imported."),
@@ -254,37 +233,20 @@ def alerts_page(
     severity = severity if severity in SEVERITY_LABELS else ""
     where = AlertFilter(status=status or None, severity=severity or None, limit=500)
     rows = _service(request, session, identity).list_alerts(where=where)
-    return render(
-        request,
-        "security/alerts.html",
-        {
-            "page_title": N_("Security alerts"),
-            "rows": rows,
-            "filters": {"status": status, "severity": severity},
-            **shared(identity),
-        },
-    )
+    filters = {"status": status, "severity": severity}
+    return page(request, identity, "alerts", N_("Security alerts"), rows=rows, filters=filters)
 
 
 @pages_router.post(ALERTS + "/{alert_id}/acknowledge", dependencies=CSRF)
-def acknowledge_alert_form(request: Request, alert_id: str, identity: Writer, session: DbSession) -> Response:
+def acknowledge_alert_form(request: Request, alert_id: str, act: Acting) -> Response:
     audit_object(request, "security_alert", alert_id[:32])
-    return act(
-        request,
-        session,
-        identity,
-        lambda s: s.security.acknowledge_alert(alert_id),
-        back=ALERTS,
-        notice=N_("Alert acknowledged."),
-    )
+    return act(lambda s: s.security.acknowledge_alert(alert_id), back=ALERTS, notice=N_("Alert acknowledged."))
 
 
 @pages_router.post(ALERTS + "/{alert_id}/close", dependencies=CSRF)
-def close_alert_form(request: Request, alert_id: str, identity: Writer, session: DbSession) -> Response:
+def close_alert_form(request: Request, alert_id: str, act: Acting) -> Response:
     audit_object(request, "security_alert", alert_id[:32])
-    return act(
-        request, session, identity, lambda s: s.security.close_alert(alert_id), back=ALERTS, notice=N_("Alert closed.")
-    )
+    return act(lambda s: s.security.close_alert(alert_id), back=ALERTS, notice=N_("Alert closed."))
 
 
 @pages_router.post(ALERTS + "/{alert_id}/incident", dependencies=CSRF)
@@ -304,28 +266,16 @@ def incident_from_alert_form(request: Request, alert_id: str, identity: Writer, 
 @pages_router.get(CAPTURES, response_class=HTMLResponse)
 def captures_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
     rows = _service(request, session, identity).list_captures()
-    return render(request, "security/captures.html", {"page_title": N_("Captures"), "rows": rows, **shared(identity)})
+    return page(request, identity, "captures", N_("Captures"), rows=rows)
 
 
 async def _upload_form(
-    request: Request,
-    session: Session,
-    identity: ConsoleIdentity,
-    file: UploadFile,
-    site: str,
-    background: BackgroundTasks,
-    *,
-    learn: bool,
-    check: bool,
-    back: str,
+    act: Act, file: UploadFile, site: str, background: BackgroundTasks, *, learn: bool, check: bool, back: str
 ) -> Response:
     content = await file.read(ingest.MAX_CAPTURE_BYTES + 1)
     name = (file.filename or "capture.pcap")[:200]
     notice = N_("Baseline learned.") if learn else N_("Capture uploaded.")
     return act(
-        request,
-        session,
-        identity,
         lambda s: ingest.upload(s.security, content, name, site=site.strip()[:100], learn=learn, check=check),
         back=back,
         notice=notice,
@@ -335,49 +285,31 @@ async def _upload_form(
 
 @pages_router.post(CAPTURES, dependencies=CSRF)
 async def upload_capture_form(
-    request: Request,
-    identity: Writer,
-    session: DbSession,
+    act: Acting,
     background: BackgroundTasks,
     file: Annotated[UploadFile, File()],
     site: FormText = "",
     check: FormText = "",
 ) -> Response:
-    return await _upload_form(
-        request, session, identity, file, site, background, learn=False, check=bool(check), back=CAPTURES
-    )
+    return await _upload_form(act, file, site, background, learn=False, check=bool(check), back=CAPTURES)
 
 
 @pages_router.get(BASELINES, response_class=HTMLResponse)
 def baselines_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
     rows = _service(request, session, identity).list_baselines()
-    return render(request, "security/baselines.html", {"page_title": N_("Baselines"), "rows": rows, **shared(identity)})
+    return page(request, identity, "baselines", N_("Baselines"), rows=rows)
 
 
 @pages_router.post(BASELINES, dependencies=CSRF)
 async def learn_baseline_form(
-    request: Request,
-    identity: Writer,
-    session: DbSession,
-    background: BackgroundTasks,
-    file: Annotated[UploadFile, File()],
-    site: FormText = "",
+    act: Acting, background: BackgroundTasks, file: Annotated[UploadFile, File()], site: FormText = ""
 ) -> Response:
-    return await _upload_form(
-        request, session, identity, file, site, background, learn=True, check=False, back=BASELINES
-    )
+    return await _upload_form(act, file, site, background, learn=True, check=False, back=BASELINES)
 
 
 @pages_router.post(BASELINES + "/{baseline_id}/activate", dependencies=CSRF)
-def activate_baseline_form(request: Request, baseline_id: str, identity: Writer, session: DbSession) -> Response:
-    return act(
-        request,
-        session,
-        identity,
-        lambda s: s.security.activate_baseline(baseline_id),
-        back=BASELINES,
-        notice=N_("Baseline activated."),
-    )
+def activate_baseline_form(baseline_id: str, act: Acting) -> Response:
+    return act(lambda s: s.security.activate_baseline(baseline_id), back=BASELINES, notice=N_("Baseline activated."))
 
 
 # --- honeypot ---------------------------------------------------------------------------------
@@ -386,13 +318,8 @@ def activate_baseline_form(request: Request, baseline_id: str, identity: Writer,
 @pages_router.get(HONEYPOT, response_class=HTMLResponse)
 def honeypot_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
     service = _service(request, session, identity)
-    rows = service.list_indicators()
     day = service.clock() - dt.timedelta(hours=24)
-    return render(
-        request,
-        "security/honeypot.html",
-        {"page_title": N_("Honeypot"), "rows": rows, "day": day, **shared(identity)},
-    )
+    return page(request, identity, "honeypot", N_("Honeypot"), rows=service.list_indicators(), day=day)
 
 
 @pages_router.get(INTEL, response_class=HTMLResponse)
@@ -400,13 +327,8 @@ def intel_page(request: Request, identity: Reader, session: DbSession) -> HTMLRe
     service = _service(request, session, identity)
     rows = service.shared_indicators()
     day = service.clock() - dt.timedelta(hours=24)
-    context = {
-        "page_title": N_("Threat intelligence"),
-        "rows": rows,
-        "day": day,
-        "sharing": service.shares_intelligence(),
-    }
-    return render(request, "security/intel.html", {**context, **shared(identity)})
+    sharing = service.shares_intelligence()
+    return page(request, identity, "intel", N_("Threat intelligence"), rows=rows, day=day, sharing=sharing)
 
 
 # --- advisories and matches -------------------------------------------------------------------
@@ -416,30 +338,21 @@ def intel_page(request: Request, identity: Reader, session: DbSession) -> HTMLRe
 def advisories_page(request: Request, identity: Reader, session: DbSession, q: str = "") -> HTMLResponse:
     service = _service(request, session, identity)
     text = clean_filter(q, 100)
-    return render(
+    return page(
         request,
-        "security/advisories.html",
-        {
-            "page_title": N_("Advisories"),
-            "advisories": service.list_advisories(text=text or None),
-            "matches": service.list_matches(),
-            "filters": {"q": text},
-            **shared(identity),
-        },
+        identity,
+        "advisories",
+        N_("Advisories"),
+        advisories=service.list_advisories(text=text or None),
+        matches=service.list_matches(),
+        filters={"q": text},
     )
 
 
 @pages_router.post(ADVISORIES + "/matches/{match_id}/resolve", dependencies=CSRF)
-def resolve_match_form(
-    request: Request, match_id: str, identity: Writer, session: DbSession, resolution: FormText = ""
-) -> Response:
+def resolve_match_form(match_id: str, act: Acting, resolution: FormText = "") -> Response:
     return act(
-        request,
-        session,
-        identity,
-        lambda s: s.security.resolve_match(match_id, resolution.strip()),
-        back=ADVISORIES,
-        notice=N_("Match updated."),
+        lambda s: s.security.resolve_match(match_id, resolution.strip()), back=ADVISORIES, notice=N_("Match updated.")
     )
 
 
@@ -455,50 +368,27 @@ def inbox_page(request: Request, identity: Reader, session: DbSession) -> HTMLRe
     overdue = {
         b.id: sum(service.overdue(r, b) for r in recipients) for b, recipients in published
     }  # per bulletin, for the operator
-    return render(
-        request,
-        "security/inbox.html",
-        {
-            "page_title": N_("Bulletins"),
-            "items": service.inbox() if identity.principal.tenant_id else [],
-            "published": published,
-            "overdue": overdue,
-            "tenants": tenants,
-            **shared(identity),
-        },
+    items = service.inbox() if identity.principal.tenant_id else []
+    return page(
+        request, identity, "inbox", N_("Bulletins"), items=items, published=published, overdue=overdue, tenants=tenants
     )
 
 
 @pages_router.get(INBOX + "/{bulletin_id}", response_class=HTMLResponse)
 def bulletin_page(request: Request, bulletin_id: str, identity: Reader, session: DbSession) -> HTMLResponse:
     view = _services(request, session, identity).bulletins.inbox_item(bulletin_id)
-    return render(
-        request,
-        "security/bulletin.html",
-        {"page_title": N_("Bulletin"), "v": view, "b": view.bulletin, "r": view.recipient, **shared(identity)},
-    )
+    return page(request, identity, "bulletin", N_("Bulletin"), v=view, b=view.bulletin, r=view.recipient)
 
 
 @pages_router.post(INBOX + "/{bulletin_id}/acknowledge", dependencies=CSRF)
-def acknowledge_bulletin_form(request: Request, bulletin_id: str, identity: Writer, session: DbSession) -> Response:
-    return act(
-        request,
-        session,
-        identity,
-        lambda s: s.bulletins.acknowledge_bulletin(bulletin_id),
-        back=f"{INBOX}/{bulletin_id[:32]}",
-        notice=N_("Bulletin acknowledged."),
-    )
+def acknowledge_bulletin_form(bulletin_id: str, act: Acting) -> Response:
+    back = f"{INBOX}/{bulletin_id[:32]}"
+    return act(lambda s: s.bulletins.acknowledge_bulletin(bulletin_id), back=back, notice=N_("Bulletin acknowledged."))
 
 
 @pages_router.post(INBOX + "/{bulletin_id}/remediation", dependencies=CSRF)
-def remediation_form(
-    request: Request, bulletin_id: str, identity: Writer, session: DbSession, status: FormText = "", note: FormText = ""
-) -> Response:
+def remediation_form(bulletin_id: str, act: Acting, status: FormText = "", note: FormText = "") -> Response:
     return act(
-        request,
-        session,
-        identity,
         lambda s: s.bulletins.set_remediation(bulletin_id, status, note[:1000]),
         back=f"{INBOX}/{bulletin_id[:32]}",
         notice=N_("Remediation status saved."),
@@ -508,18 +398,12 @@ def remediation_form(
 @pages_router.get(BULLETINS + "/{bulletin_id}", response_class=HTMLResponse)
 def published_bulletin_page(request: Request, bulletin_id: str, identity: Reader, session: DbSession) -> HTMLResponse:
     bulletin, recipients = _services(request, session, identity).bulletins.get_bulletin(bulletin_id)
-    return render(
-        request,
-        "security/published.html",
-        {"page_title": N_("Bulletin"), "b": bulletin, "recipients": recipients, **shared(identity)},
-    )
+    return page(request, identity, "published", N_("Bulletin"), b=bulletin, recipients=recipients)
 
 
 @pages_router.post(BULLETINS, dependencies=CSRF)
 def publish_bulletin_form(
-    request: Request,
-    identity: Writer,
-    session: DbSession,
+    act: Acting,
     background: BackgroundTasks,
     title: FormText = "",
     severity: FormText = "",
@@ -536,9 +420,6 @@ def publish_bulletin_form(
     # "matched": the tenants with assets matched to the advisory or CVEs; "chosen": those ticked.
     chosen = [t.strip()[:32] for t in tenant_ids or [] if t.strip()][:1000] if targeting == "chosen" else None
     return act(
-        request,
-        session,
-        identity,
         lambda s: s.bulletins.publish_bulletin(
             kind=kind,
             title=title[:300],
@@ -560,18 +441,12 @@ def publish_bulletin_form(
 def contact_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
     """Where the tenant receives bulletins besides its inbox: a signed webhook and e-mail addresses."""
     contact = _services(request, session, identity).bulletins.get_contact()
-    return render(
-        request,
-        "security/contact.html",
-        {"page_title": N_("Bulletin delivery"), "contact": contact, **shared(identity)},
-    )
+    return page(request, identity, "contact", N_("Bulletin delivery"), contact=contact)
 
 
 @pages_router.post(CONTACT, dependencies=CSRF)
 def contact_form(
-    request: Request,
-    identity: Writer,
-    session: DbSession,
+    act: Acting,
     webhook_url: FormText = "",
     webhook_secret: FormText = "",
     emails: FormText = "",
@@ -581,9 +456,6 @@ def contact_form(
     # An empty secret keeps the one stored (it is never shown again); "remove" forgets it.
     secret = "" if remove_secret else webhook_secret[:200] or None
     return act(
-        request,
-        session,
-        identity,
         lambda s: s.bulletins.set_contact(
             webhook_url=webhook_url.strip()[:1000], webhook_secret=secret, emails=addresses
         ),
@@ -607,33 +479,19 @@ def _deadline(text: str) -> dt.datetime | None:
 @pages_router.get(INCIDENTS, response_class=HTMLResponse)
 def incidents_page(request: Request, identity: Reader, session: DbSession) -> HTMLResponse:
     rows = _services(request, session, identity).incidents.list_incidents()
-    return render(request, "security/incidents.html", {"page_title": N_("Incidents"), "rows": rows, **shared(identity)})
+    return page(request, identity, "incidents", N_("Incidents"), rows=rows)
 
 
 @pages_router.get(INCIDENTS + "/{incident_id}", response_class=HTMLResponse)
 def incident_page(request: Request, incident_id: str, identity: Reader, session: DbSession) -> HTMLResponse:
     service = _services(request, session, identity).incidents
     row = service.get_incident(incident_id)
-    return render(
-        request,
-        "security/incident.html",
-        {"page_title": N_("Incident"), "i": row, "timeline": service.timeline(row), **shared(identity)},
-    )
+    return page(request, identity, "incident", N_("Incident"), i=row, timeline=service.timeline(row))
 
 
 @pages_router.post(INCIDENTS + "/{incident_id}/entries", dependencies=CSRF)
-def incident_entry_form(
-    request: Request,
-    incident_id: str,
-    identity: Writer,
-    session: DbSession,
-    kind: FormText = "note",
-    text: FormText = "",
-) -> Response:
+def incident_entry_form(incident_id: str, act: Acting, kind: FormText = "note", text: FormText = "") -> Response:
     return act(
-        request,
-        session,
-        identity,
         lambda s: s.incidents.add_incident_entry(incident_id, kind, text[:2000]),
         back=f"{INCIDENTS}/{incident_id[:32]}",
         notice=N_("Entry added."),
@@ -641,13 +499,8 @@ def incident_entry_form(
 
 
 @pages_router.post(INCIDENTS + "/{incident_id}/state", dependencies=CSRF)
-def incident_state_form(
-    request: Request, incident_id: str, identity: Writer, session: DbSession, state: FormText = "", note: FormText = ""
-) -> Response:
+def incident_state_form(incident_id: str, act: Acting, state: FormText = "", note: FormText = "") -> Response:
     return act(
-        request,
-        session,
-        identity,
         lambda s: s.incidents.set_incident_state(incident_id, state, note[:1000]),
         back=f"{INCIDENTS}/{incident_id[:32]}",
         notice=N_("Incident updated."),
