@@ -98,7 +98,8 @@ def capture(net: str, ready: Event, stop: Event, results: Connection) -> None:
     live.stop()
     received, dropped = live.kernel_counts()
     results.send({**ours, "frames": live.frames, "kernel_received": received, "kernel_dropped": dropped,
-                  "cpu": cpu() - before})  # fmt: skip
+                  "cpu": cpu() - before, "reader": live.setup.reader,
+                  "unread": received - dropped - live.frames})  # fmt: skip
 
 
 def cpu_of(pid: int) -> float:
@@ -169,7 +170,8 @@ def main() -> None:
     theirs_packets, theirs_dropped = figure("captured"), figure("dropped by kernel")
     print(f"{args.clients} clients, {reads:,} reads answered in {elapsed:.1f} s; ours: {ours['packets']:,} packets "
           f"of the pair ({ours['records']:,} records) among {ours['frames']:,} frames on lo, kernel "
-          f"received {ours['kernel_received']:,} and dropped {ours['kernel_dropped']:,}; tcpdump: "
+          f"received {ours['kernel_received']:,} and dropped {ours['kernel_dropped']:,} ({ours['reader']}; "
+          f"{ours['unread']:,} still queued when it stopped); tcpdump: "
           f"{theirs_packets:,} captured, {theirs_dropped:,} dropped by kernel")  # fmt: skip
     per_100k = 100_000 / max(1, ours["packets"])
     results = [

@@ -248,6 +248,15 @@ class SecuritySettings(BaseModel):
     monitor_fragment_max_bytes: int = Field(
         default=4 * 1024 * 1024, ge=65535, le=1024**3, description="Bytes of IP fragments held at once (live)."
     )
+    monitor_ics_ports_only: bool = Field(
+        default=False,
+        description="The kernel keeps only ICS traffic (TCP/UDP 502, 20000, 2404, 102) and IP fragments for live "
+        "monitoring; off: every packet, so the inventory and scan detection see non-ICS talkers too.",
+    )
+    monitor_buffer_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024 * 1024, le=1024**3,
+        description="Bytes of the live capture's receive ring (or socket buffer) that absorb bursts.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _services_named(self) -> SecuritySettings:

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from iip.kernel.errors import Invalid
@@ -224,6 +225,7 @@ class ObservedAsset:
         )
 
 
+@lru_cache(maxsize=65_536)  # asked for every packet, of a few addresses; parsing one costs microseconds
 def is_unicast_host(address: str) -> bool:
     """False for multicast, broadcast and unspecified addresses (never a device of their own)."""
     try:

@@ -41,7 +41,7 @@ from iip.security.captures import CaptureSummary, PacketPass, count, count_fragm
 from iip.security.detection import Alert as Finding
 from iip.security.detection import DetectionSettings, Detector
 from iip.security.fragments import FragmentLimits
-from iip.security.live import LiveCapture
+from iip.security.live import LiveCapture, capture_options
 from iip.security.protocols.base import IcsMessage, PacketInfo
 from iip.security.records import ObservedAsset
 from iip.security.service import SecurityService
@@ -230,7 +230,10 @@ class LiveMonitor:
         """Monitor `interface` until `stop` is set (or the capture fails); raises OSError when the
         interface cannot be opened (no such interface, no right to capture)."""
         await asyncio.to_thread(self.refresh)
-        capture = LiveCapture(interface, self.on_packet, poll_interval=poll_interval, limits=self.limits)
+        options = capture_options(self.settings.security) if self.settings is not None else None
+        capture = LiveCapture(
+            interface, self.on_packet, poll_interval=poll_interval, limits=self.limits, options=options
+        )
         capture.start()
         self._capture = capture
         if started is not None:
