@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,24 @@ def require_dataset(path: Path) -> Path:
     if in_ci():
         pytest.fail(message + " (CI=true: the data sets are required)")
     pytest.skip(message)
+
+
+LOOPBACK_LOCK = Path(tempfile.gettempdir()) / "iip-tests-loopback-capture.lock"
+
+
+@pytest.fixture
+def loopback_turn() -> Iterator[None]:
+    """One test at a time, across xdist workers, captures on `lo`: each sees the others' traffic
+    (and floods), which would change what it counts."""
+    with LOOPBACK_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+LOOPBACK_CAPTURE = pytest.mark.usefixtures("loopback_turn")
 
 
 def require_raw_sockets() -> None:

@@ -23,7 +23,7 @@ from iip.security.captures import decode_capture
 from iip.security.fragments import FragmentLimits, Reassembler
 from iip.security.live import LiveCapture
 from iip.security.protocols.base import IcsMessage, PacketInfo
-from tests.security.conftest import require_raw_sockets
+from tests.security.conftest import LOOPBACK_CAPTURE, require_raw_sockets
 
 CLIENT, SERVER = "10.0.0.5", "10.0.0.9"
 # Write Multiple Registers, 40 values (93 bytes of Modbus), and its response; a read of 60 registers
@@ -239,6 +239,7 @@ def test_inconsistent_fragments_are_malformed(fragments: list[tuple[int, bytes, 
     assert reassembler.stats.reassembled == 0
 
 
+@LOOPBACK_CAPTURE
 def test_live_capture_reassembles_fragments() -> None:
     """Fragments sent on the loopback interface through a packet socket are put back together by the
     live capture: the Modbus write they carry is decoded whole."""

@@ -15,7 +15,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from iip.security.live import LiveCapture, live_packets
 from iip.security.protocols.base import Direction, IcsMessage, PacketInfo
+from tests.security.conftest import LOOPBACK_CAPTURE
 from tests.services import in_ci
+
+pytestmark = LOOPBACK_CAPTURE
 
 HOLDING = [100 + n for n in range(20)]
 COILS = [True, False, True, True, False, False, True, False]

@@ -39,7 +39,9 @@ from iip.security.monitor import LiveMonitor
 from iip.security.protocols.base import IcsMessage, PacketInfo
 from iip.security.ring import PACKET_RX_RING, PACKET_VERSION, SOL_PACKET
 from tests.conftest import TenantFixture
-from tests.security.conftest import require_raw_sockets
+from tests.security.conftest import LOOPBACK_CAPTURE, require_raw_sockets
+
+pytestmark = LOOPBACK_CAPTURE
 
 PACKET_HOST = 0
 ELSEWHERE = "02:00:00:00:00:01"  # not lo's address: the IP stack ignores these frames, packet sockets see them

@@ -29,8 +29,10 @@ from iip.security.monitor import LiveMonitor
 from iip.security.protocols.base import IcsMessage, PacketInfo
 from iip.security.service import SecurityService
 from tests.conftest import TenantFixture
-from tests.security.conftest import require_raw_sockets
+from tests.security.conftest import LOOPBACK_CAPTURE, require_raw_sockets
 from tests.security.support import engineer
+
+pytestmark = LOOPBACK_CAPTURE
 
 UNIT = 77
 WRITTEN = 17  # the holding register the pair writes once monitored

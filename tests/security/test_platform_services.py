@@ -20,7 +20,7 @@ from iip.kernel.settings import SecuritySettings, Settings
 from iip.security.lifespans import DECOY_SERVICE, MONITOR_SERVICE
 from iip.security.service import SecurityService
 from tests.conftest import TenantFixture
-from tests.security.conftest import require_raw_sockets
+from tests.security.conftest import LOOPBACK_CAPTURE, require_raw_sockets
 from tests.security.support import engineer, wait_until
 
 API = "/api/security"
@@ -97,6 +97,7 @@ def test_the_decoy_runs_with_the_platform_and_records_its_visitors(
     assert (indicator["address"], indicator["protocols"], indicator["notable"]) == ("127.0.0.1", ["modbus"], ["write"])
 
 
+@LOOPBACK_CAPTURE
 def test_live_monitoring_runs_with_the_platform_and_keeps_the_inventory(
     tenant_a: TenantFixture, monitored: None, client: TestClient, runtime: Runtime
 ) -> None:

@@ -15,7 +15,7 @@ from iip.kernel.db import Database
 from iip.migrations.runner import upgrade
 from tests.cli.conftest import InProcessIip, one_line
 from tests.conftest import BACKENDS, database_url
-from tests.security.conftest import CSAF, require_dataset, require_raw_sockets
+from tests.security.conftest import CSAF, LOOPBACK_CAPTURE, require_dataset, require_raw_sockets
 from tests.security.support import ATTACK, TRAINING, capture_path
 
 
@@ -161,6 +161,7 @@ def test_honeypot_refuses_a_port_in_use(iip: InProcessIip, tenant: str) -> None:
     assert "cannot listen" in one_line(result.stderr)
 
 
+@LOOPBACK_CAPTURE
 def test_monitor_watches_an_interface_for_a_while(iip: InProcessIip, tenant: str) -> None:
     require_raw_sockets()
     result = iip("security", "monitor", "lo", "--tenant", tenant, "--site", "cell-1", "--seconds", "0.5")
