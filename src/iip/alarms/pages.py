@@ -437,35 +437,33 @@ def alarm_groups(service: AlarmService, query: ListQuery) -> tuple[list[GroupRow
                 )
         return priority_rows, len(priority_rows)
     offset = (query.page - 1) * GROUP_PAGE_SIZE
+    # (key, filter it links to, priority, alarms, active, unacknowledged, its first members)
+    found: list[tuple[str, str, Priority, int, int, int, list[str]]]
     if query.group == "device":
-        groups = service.count_groups(where, by="device")
-        return [
-            GroupRow(
-                group.device,
-                group.device,
-                url_with(ALARMS_PATH, query.params(device=group.device, view="", group="", page="")),
-                group.priority,
-                group.alarms,
-                group.active,
-                group.unacknowledged,
-                group.rules[:GROUP_DEVICES],
-            )
-            for group in service.group_alarms_by_device(where, offset=offset, limit=GROUP_PAGE_SIZE)
-        ], groups
-    groups = service.count_groups(where, by="rule")
+        total = service.count_groups(where, by="device")
+        found = [
+            (g.device, "device", g.priority, g.alarms, g.active, g.unacknowledged, g.rules)
+            for g in service.group_alarms_by_device(where, offset=offset, limit=GROUP_PAGE_SIZE)
+        ]
+    else:
+        total = service.count_groups(where, by="rule")
+        found = [
+            (g.rule_key, "rule", g.priority, g.alarms, g.active, g.unacknowledged, g.devices)
+            for g in service.group_alarms(where, offset=offset, limit=GROUP_PAGE_SIZE)
+        ]
     return [
         GroupRow(
-            group.rule_key,
-            group.rule_key,
-            url_with(ALARMS_PATH, query.params(rule=group.rule_key, view="", group="", page="")),
-            group.priority,
-            group.alarms,
-            group.active,
-            group.unacknowledged,
-            group.devices[:GROUP_DEVICES],
+            key,
+            key,
+            url_with(ALARMS_PATH, query.params(**{link: key}, view="", group="", page="")),
+            priority,
+            alarms,
+            active,
+            unacknowledged,
+            members[:GROUP_DEVICES],
         )
-        for group in service.group_alarms(where, offset=offset, limit=GROUP_PAGE_SIZE)
-    ], groups
+        for key, link, priority, alarms, active, unacknowledged, members in found
+    ], total
 
 
 def list_context(request: Request, session: Session, identity: ConsoleIdentity, query: ListQuery) -> dict[str, Any]:
