@@ -81,6 +81,20 @@ def test_pcap_summary_and_records(iip: InProcessIip, tmp_path: Path) -> None:
     assert "no such file" in one_line(missing.stderr)
 
 
+def test_pcap_shows_what_decoding_dropped(iip: InProcessIip, tmp_path: Path) -> None:
+    from tests.security.test_capture_drops import LOST, lost_fragment_capture
+
+    path = tmp_path / "lost.pcap"
+    path.write_bytes(lost_fragment_capture(tmp_path))
+    summary = iip("security", "pcap", str(path), "--json")
+    assert summary.exit_code == 0, summary.output
+    assert json.loads(summary.stdout)["dropped"] == {LOST: 1}
+    table = iip("security", "pcap", str(path))
+    assert f"dropped: {LOST}" in " ".join(table.stdout.split())
+    whole = iip("security", "pcap", str(capture_path(TRAINING)), "--json")
+    assert json.loads(whole.stdout)["dropped"] == {}
+
+
 def test_assets_baseline_learn_and_check(iip: InProcessIip, tenant: str, tmp_path: Path) -> None:
     listing = tmp_path / "assets.csv"
     listing.write_text("address,name,vendor,criticality\n192.168.1.101,RTU-1,Acme,critical\n")

@@ -257,6 +257,11 @@ class SecuritySettings(BaseModel):
         default=32 * 1024 * 1024, ge=1024 * 1024, le=1024**3,
         description="Bytes of the live capture's receive ring (or socket buffer) that absorb bursts.",
     )  # fmt: skip
+    detection_max_sources: int = Field(
+        default=100, ge=1, le=100_000,
+        description="Alerts of one kind opened for one target per alert window; the sources beyond are folded into "
+        "one aggregate alert.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _services_named(self) -> SecuritySettings:

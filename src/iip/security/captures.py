@@ -5,7 +5,8 @@ One pass over `capture.CaptureReader`; whoever else needs the packets (a baselin
 detector) observes them in the same pass, so a capture is read once and never held in memory.
 `PacketPass` is that per-packet path; live monitoring (`monitor.py`) feeds an interface's packets
 through it too, taking the hosts seen every so often instead of once at the end. Datagrams refused
-while reassembling IP fragments count as malformed, with their reason, like broken ICS frames.
+while reassembling IP fragments count as malformed, with their reason, like broken ICS frames;
+fragments given up and flows forgotten to make room count as dropped, with theirs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class CaptureSummary:
     packets: int = 0  # IP packets among them
     messages: Counter[str] = field(default_factory=Counter)
     malformed: Counter[str] = field(default_factory=Counter)  # ICS frames and IP datagrams, per reason
-    dropped: Counter[str] = field(default_factory=Counter)  # IP fragments given up, per reason
+    dropped: Counter[str] = field(default_factory=Counter)  # IP fragments and flows given up, per reason
     first_time: dt.datetime | None = None
     last_time: dt.datetime | None = None
     assets: list[ObservedAsset] = field(default_factory=list)
@@ -88,6 +89,7 @@ def decode_capture(source: str | Path | IO[bytes], observers: Sequence[Observer]
     count(summary, reader.finish())  # frames still pending when the capture ended
     summary.frames, summary.error = reader.frames, reader.error
     count_fragments(summary, reader.decoder.stats.fragments)
+    count_evictions(summary, reader.decoder.stats.evicted)
     return summary
 
 
@@ -95,6 +97,14 @@ def count_fragments(summary: CaptureSummary, stats: FragmentStats) -> None:
     """Datagrams refused (overlapping fragments ...) as malformed, fragments given up as dropped."""
     summary.malformed.update(stats.malformed)
     summary.dropped.update(stats.dropped)
+
+
+def count_evictions(summary: CaptureSummary, evicted: Counter[str]) -> None:
+    """Flows forgotten to make room (their reassembly state was lost) as dropped; flows forgotten
+    once idle lost nothing and are not counted."""
+    for reason, n in evicted.items():
+        if reason != "idle":
+            summary.dropped[f"flows forgotten: {reason}"] += n
 
 
 def _span(summary: CaptureSummary, at: dt.datetime) -> None:

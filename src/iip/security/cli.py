@@ -118,7 +118,7 @@ def pcap_command(
     records: Annotated[bool, typer.Option("--records", help="Print every ICS message as a JSON line.")] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Decode a capture: packets, messages per protocol, malformed frames by reason, hosts seen."""
+    """Decode a capture: packets, messages per protocol, malformed frames and drops by reason, hosts seen."""
     from iip.security.captures import decode_capture
 
     if not file.is_file():
@@ -137,6 +137,7 @@ def pcap_command(
         "ip_packets": summary.packets,
         "messages": dict(summary.messages),
         "malformed": dict(summary.malformed),
+        "dropped": dict(summary.dropped),
         "first_time": summary.first_time.isoformat() if summary.first_time else None,
         "last_time": summary.last_time.isoformat() if summary.last_time else None,
         "hosts": [{"address": a.address, "role": a.role, "protocols": a.protocols} for a in summary.assets],
@@ -152,6 +153,8 @@ def pcap_command(
             table.add_row(f"{protocol} messages", str(count))
         for reason, count in summary.malformed.most_common():
             table.add_row(f"malformed: {escape(reason)}", str(count))
+        for reason, count in summary.dropped.most_common():
+            table.add_row(f"dropped: {escape(reason)}", str(count))
         table.add_row("hosts", str(len(summary.assets)))
         out_console.print(table)
         if summary.error:

@@ -20,19 +20,24 @@ What raises an alert (kinds in `AlertKind`, ATT&CK for ICS techniques in `TECHNI
 
 Alerts are aggregated: one per kind and (source, destination) per `alert_window_s`, with the count,
 first and last time, the frame numbers (up to `evidence_frames`) and a few raw frames as evidence.
+A flood from spoofed sources would still open one alert per source, so at most `max_sources` alerts
+of one kind are opened for one destination within the window: the sources beyond are folded into one
+aggregate alert of that kind for the destination (source `*`, "N more sources", the count of
+sources and a sample of their addresses as evidence; severity and techniques as any alert of the kind).
 
 State kept per flow (conversations, packet and exception rates, scan windows) is bounded so a
 detector can watch live traffic for months: conversations idle for `flow_idle_s` are forgotten,
 counters and scan windows once their window has passed (forgetting them then loses nothing), and
-none of these tables holds more than `max_flows` entries (the longest idle makes room). What is
-forgotten is counted in `Detector.evictions`.
+none of these tables (nor the targets and folded sources of aggregate alerts) holds more than
+`max_flows` entries (the longest idle makes room). What is forgotten is counted in
+`Detector.evictions`.
 `to_alarm_event` makes the alarms context's `AlarmEvent` of an alert (the caller publishes it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -61,6 +66,8 @@ from iip.security.recent import RecentTable
 from iip.security.records import NewAlert, Severity
 
 ALARM_SOURCE = "security"
+MANY_SOURCES = "*"  # the source of an aggregate alert: the sources beyond `max_sources` for one target
+SOURCE_SAMPLE = 20  # addresses an aggregate alert names
 
 # -- ATT&CK for ICS: every technique an alert may name, in one table --------------------------
 
@@ -211,15 +218,25 @@ class Alert:
     frames: list[int] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     details: dict[str, set[Any]] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)  # an aggregate's sample of the sources it folds
+    source_count: int = 0  # an aggregate's distinct sources
 
     @property
     def message(self) -> str:
         items = "; ".join(f"{name} {', '.join(sorted(map(str, values))[:8])}" for name, values in self.details.items())
-        text = f"{KINDS[self.kind].summary}: {self.source} -> {self.destination} ({self.count}x)"
+        source = self.source
+        if self.source_count:
+            more = " ..." if self.source_count > 3 else ""
+            source = f"{self.source_count} more sources ({', '.join(self.sources[:3])}{more})"
+        text = f"{KINDS[self.kind].summary}: {source} -> {self.destination} ({self.count}x)"
         return f"{text}: {items}" if items else text
 
     def detail_lists(self) -> dict[str, list[Any]]:
-        return {name: sorted(values, key=str) for name, values in self.details.items()}
+        lists: dict[str, list[Any]] = {name: sorted(values, key=str) for name, values in self.details.items()}
+        if self.source_count:
+            lists["source_count"] = [self.source_count]
+            lists["sources"] = list(self.sources)
+        return lists
 
     def to_record(self) -> NewAlert:
         """The storage shape (`iip.security.records.NewAlert`)."""
@@ -297,6 +314,9 @@ class DetectionSettings:
     announcements_any_port: bool = True
     flow_idle_s: float = 300.0  # a conversation without packets for this long is forgotten
     max_flows: int = 20_000  # conversations (and rate counters, scan windows) tracked at once
+    # Alerts of one kind opened for one destination per alert window; further sources are folded
+    # into one aggregate alert (a flood from spoofed addresses stays a handful of alerts).
+    max_sources: int = 100
 
 
 class _RecentFlows(FlowTracker):
@@ -373,6 +393,14 @@ class Detector:
         )  # fmt: skip
         self._tracker = _RecentFlows(conversations)
         self._open: dict[tuple[AlertKind, str, str], Alert] = {}
+        # (kind, destination) -> when each of its alerts still in the window opened (at most max_sources)
+        self._opened: RecentTable[tuple[AlertKind, str], deque[dt.datetime]] = RecentTable(
+            "alert targets", idle=self._alert_window, max_entries=most, evictions=self.evictions
+        )
+        # (kind, source, destination) -> the aggregate the source was folded into
+        self._folded: RecentTable[tuple[AlertKind, str, str], Alert] = RecentTable(
+            "folded sources", idle=self._alert_window, max_entries=most, evictions=self.evictions
+        )
         self._alerts: list[Alert] = []
         # A window that has passed restarts on its next use, so forgetting it then loses nothing.
         self._distinct: RecentTable[tuple[Any, ...], _Distinct] = RecentTable(
@@ -407,7 +435,8 @@ class Detector:
     def tracked(self) -> dict[str, int]:
         """Entries held now per table of per-flow state."""
         return {"conversations": len(self._tracker.table), "rate counters": len(self._rates),
-                "scan windows": len(self._distinct), "pending handshakes": len(self._pending)}  # fmt: skip
+                "scan windows": len(self._distinct), "pending handshakes": len(self._pending),
+                "alert targets": len(self._opened), "folded sources": len(self._folded)}  # fmt: skip
 
     def check(self, packet: PacketInfo, messages: Iterable[IcsMessage] = ()) -> None:
         if self._latest is None or packet.time > self._latest:
@@ -462,6 +491,8 @@ class Detector:
         self._tracker.prune(now)
         self._distinct.expire(now)
         self._rates.expire(now)
+        self._opened.expire(now)
+        self._folded.expire(now)
 
     def _forget_connection(self, connection: Connection) -> None:
         self._pending.pop(id(connection), None)
@@ -740,20 +771,66 @@ class Detector:
     ) -> Alert:
         key = (kind, source, destination)
         alert = self._open.get(key)
-        if alert is None or when - alert.first_time >= self._alert_window:
-            spec = KINDS[kind]
-            alert = Alert(
-                kind=kind,
-                severity=spec.severity,
-                source=source,
-                destination=destination,
-                first_time=when,
-                last_time=when,
-                techniques=techniques or spec.techniques,
-                protocol=protocol,
-            )
+        if alert is not None and when - alert.first_time < self._alert_window:
+            return alert
+        folded = self._folded.get(key, when)
+        if folded is not None and when - folded.first_time < self._alert_window:
+            return folded
+        opened = self._opened.setdefault((kind, destination), deque, when)
+        while opened and when - opened[0] >= self._alert_window:
+            opened.popleft()
+        if len(opened) < self.settings.max_sources:
+            opened.append(when)
+            alert = self._new_alert(kind, source, destination, when, protocol, techniques)
             self._open[key] = alert
-            self._alerts.append(alert)
+            return alert
+        return self._fold(kind, source, destination, when, protocol, techniques)
+
+    def _fold(
+        self,
+        kind: AlertKind,
+        source: str,
+        destination: str,
+        when: dt.datetime,
+        protocol: str,
+        techniques: tuple[str, ...] | None,
+    ) -> Alert:
+        """The target's aggregate alert of this kind, with `source` counted among its sources."""
+        key = (kind, MANY_SOURCES, destination)
+        aggregate = self._open.get(key)
+        if aggregate is None or when - aggregate.first_time >= self._alert_window:
+            aggregate = self._new_alert(kind, MANY_SOURCES, destination, when, protocol, None)
+            self._open[key] = aggregate
+        for technique in techniques or ():
+            if technique not in aggregate.techniques:
+                aggregate.techniques += (technique,)
+        self._folded.put((kind, source, destination), aggregate, when)
+        aggregate.source_count += 1
+        if len(aggregate.sources) < SOURCE_SAMPLE:
+            aggregate.sources.append(source)
+        return aggregate
+
+    def _new_alert(
+        self,
+        kind: AlertKind,
+        source: str,
+        destination: str,
+        when: dt.datetime,
+        protocol: str,
+        techniques: tuple[str, ...] | None,
+    ) -> Alert:
+        spec = KINDS[kind]
+        alert = Alert(
+            kind=kind,
+            severity=spec.severity,
+            source=source,
+            destination=destination,
+            first_time=when,
+            last_time=when,
+            techniques=techniques or spec.techniques,
+            protocol=protocol,
+        )
+        self._alerts.append(alert)
         return alert
 
 

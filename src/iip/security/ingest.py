@@ -22,7 +22,7 @@ from iip.security.advisories.matching import AdvisoryIndex, AdvisoryMatch, Match
 from iip.security.baseline import Baseline as LearnedModel
 from iip.security.baseline import BaselineLearner
 from iip.security.captures import Observer, decode_capture
-from iip.security.detection import Detector
+from iip.security.detection import DetectionSettings, Detector
 from iip.security.honeypot.intel import notable_actions
 from iip.security.honeypot.sightings import HoneypotSighting, SightingKind
 from iip.security.models import Advisory, Alert, Asset, Baseline, Capture
@@ -80,7 +80,7 @@ def upload(
     detector = None
     if check:
         model = LearnedModel.from_json(service.active_baseline(tenant, site).content)
-        detector = Detector(model, known_attackers=known_attackers(service, tenant))
+        detector = Detector(model, detection_settings(service), known_attackers=known_attackers(service, tenant))
     if detector is not None:
         observers.append(detector.check)
     summary = decode_capture(io.BytesIO(content), observers)
@@ -99,6 +99,13 @@ def upload(
         result.alerts = service.record_alerts(tenant, site, found, capture_id=capture.id)
         capture.checked, capture.alerts = True, len(result.alerts)
     return result
+
+
+def detection_settings(service: SecurityService) -> DetectionSettings:
+    """The detector's settings for a capture check: the platform's bound on alerts per target."""
+    if service.settings is None:
+        return DetectionSettings()
+    return DetectionSettings(max_sources=service.settings.security.detection_max_sources)
 
 
 # --- honeypot sightings

@@ -118,6 +118,7 @@ class Capture(Base):
     packets: Mapped[int] = mapped_column(Integer, default=0)
     messages: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # per protocol
     malformed: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # per reason
+    dropped: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # fragments, flows given up, per reason
     first_time: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_time: Mapped[dt.datetime | None] = mapped_column(default=None)
     assets_seen: Mapped[int] = mapped_column(Integer, default=0)

@@ -74,7 +74,11 @@ def monitor_limits(settings: SecuritySettings) -> tuple[DecoderLimits, Detection
     decoder = DecoderLimits(
         flow_idle_s=settings.monitor_flow_idle_s, max_flows=settings.monitor_max_flows, fragments=fragments
     )
-    detection = DetectionSettings(flow_idle_s=settings.monitor_flow_idle_s, max_flows=settings.monitor_max_flows)
+    detection = DetectionSettings(
+        flow_idle_s=settings.monitor_flow_idle_s,
+        max_flows=settings.monitor_max_flows,
+        max_sources=settings.detection_max_sources,
+    )
     return decoder, detection
 
 

@@ -137,6 +137,7 @@ class CaptureOut(Row):
     packets: int
     messages: dict[str, int]
     malformed: dict[str, int]
+    dropped: dict[str, int]  # IP fragments and flows given up, per reason
     first_time: dt.datetime | None
     last_time: dt.datetime | None
     assets_seen: int

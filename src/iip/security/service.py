@@ -31,7 +31,7 @@ from iip.kernel.db import utcnow
 from iip.kernel.errors import Forbidden, Invalid, NotFound
 from iip.kernel.settings import SecuritySettings, Settings
 from iip.security.captures import CaptureSummary
-from iip.security.detection import SEVERITY_SCORES
+from iip.security.detection import MANY_SOURCES, SEVERITY_SCORES
 from iip.security.inventory import DeclaredAsset, merge_intervals, read_declared_assets_csv
 from iip.security.models import (
     ADDRESS_LENGTH,
@@ -487,6 +487,7 @@ class SecurityService(ScopedService):
             packets=summary.frames,
             messages=dict(summary.messages),
             malformed={reason[:200]: n for reason, n in summary.malformed.most_common(50)},
+            dropped={reason[:200]: n for reason, n in summary.dropped.most_common(50)},
             first_time=summary.first_time,
             last_time=summary.last_time,
             error=summary.error[:1000],
@@ -831,6 +832,8 @@ def _grow_alert(row: Alert, alert: NewAlert) -> None:
         row.severity = Severity(alert.severity).value
     row.techniques = sorted(set(row.techniques) | set(alert.techniques))
     row.evidence = _evidence(row.evidence, alert)
+    if alert.source == MANY_SOURCES:  # an aggregate's message names how many sources it holds by now
+        row.message = alert.message[:1000]
 
 
 def _evidence(evidence: dict[str, Any], alert: NewAlert) -> dict[str, Any]:
