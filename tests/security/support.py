@@ -1,5 +1,6 @@
 """What the security API, CLI and page tests share: captures of the data sets, principals, stored
-advisories and matches, and a way to hear the alarm events alerts publish."""
+advisories and matches, a way to hear the alarm events alerts publish, and bulletins published to a
+webhook receiver with the state of their delivery."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.testclient import TestClient
 
@@ -18,10 +19,16 @@ from iip.kernel.auth import Principal, Role
 from iip.kernel.bus import Delivery
 from iip.kernel.db import Database
 from iip.kernel.runtime import Runtime
+from iip.kernel.settings import SecuritySettings, Settings
 from iip.security.records import AdvisoryRecord, MatchRecord, MatchStatus
 from iip.security.service import AssetFields, SecurityService
 from tests.conftest import TenantFixture
 from tests.security.conftest import MODBUS_ATTACKS, require_dataset
+
+if TYPE_CHECKING:
+    from tests.alarms.notify.conftest import HookReceiver
+
+API = "/api/security"
 
 # Normal traffic of a six-RTU Modbus plant, and the same plant while a fake command is sent.
 TRAINING = "moving_two_files_modbus_6RTU.pcap"
@@ -101,3 +108,46 @@ def wait_until(check: Callable[[], bool], within_s: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("condition not reached in time")
+
+
+def retrying_settings(tmp_path: Path, db_url: str, retry: SecuritySettings) -> Settings:
+    """The test's settings, with bulletin deliveries retried as `retry` says."""
+    return Settings(
+        data_dir=tmp_path / "var", database_url=db_url, log_format="text", log_level="WARNING", security=retry
+    )
+
+
+def webhook_of(client: TestClient, tenant: TenantFixture, bulletin_id: str) -> dict[str, Any]:
+    """The bulletin's webhook delivery as `tenant` (its publisher) sees it."""
+    detail = client.get(f"{API}/bulletins/{bulletin_id}", headers=tenant.headers(Role.PLATFORM_OPERATOR)).json()
+    return next(d for d in detail["recipients"][0]["deliveries"] if d["channel"] == "webhook")  # type: ignore[no-any-return]
+
+
+def wait_for_webhook(client: TestClient, tenant: TenantFixture, bulletin_id: str, status: str) -> dict[str, Any]:
+    """The bulletin's webhook delivery as first seen with `status` (an assertion error if it never is)."""
+    seen: list[dict[str, Any]] = []
+
+    def reached() -> bool:
+        seen.append(webhook_of(client, tenant, bulletin_id))
+        return bool(seen[-1]["status"] == status)
+
+    wait_until(reached)
+    return seen[-1]
+
+
+def hook_contact(client: TestClient, recipient: TenantFixture, receiver: HookReceiver, statuses: list[int]) -> None:
+    """`recipient`'s webhook goes to `receiver`, which answers `statuses` in turn, then 200."""
+    from tests.security.test_bulletins import set_contact  # imported here: test_bulletins imports this module
+
+    set_contact(client, recipient, receiver.url)
+    receiver.statuses = statuses
+
+
+def publish_until(
+    client: TestClient, publisher: TenantFixture, recipient: TenantFixture, status: str
+) -> tuple[str, dict[str, Any]]:
+    """A bulletin `publisher` sends `recipient`, once its webhook delivery has `status`: (bulletin id, delivery)."""
+    from tests.security.test_bulletins import publish  # imported here: test_bulletins imports this module
+
+    bulletin_id: str = publish(client, publisher, tenant_ids=[recipient.id]).json()["id"]
+    return bulletin_id, wait_for_webhook(client, publisher, bulletin_id, status)

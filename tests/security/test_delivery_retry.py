@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,10 +22,9 @@ from tests.alarms.notify.conftest import (  # real peers, shared with the alarm 
     hook_receiver,  # noqa: F401 - fixture
 )
 from tests.conftest import TenantFixture
-from tests.security.support import wait_until
-from tests.security.test_bulletins import SECRET, publish, set_contact
+from tests.security.support import API, hook_contact, publish_until, retrying_settings, wait_for_webhook
+from tests.security.test_bulletins import SECRET
 
-API = "/api/security"
 ATTEMPTS = 3
 
 
@@ -36,14 +34,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
     retry = SecuritySettings(
         delivery_max_attempts=ATTEMPTS, delivery_retry_base_s=0.1, delivery_retry_max_s=0.4, delivery_check_s=0.05
     )
-    return Settings(
-        data_dir=tmp_path / "var", database_url=db_url, log_format="text", log_level="WARNING", security=retry
-    )
-
-
-def webhook_of(client: TestClient, tenant: TenantFixture, bulletin_id: str) -> dict[str, Any]:
-    detail = client.get(f"{API}/bulletins/{bulletin_id}", headers=tenant.headers(Role.PLATFORM_OPERATOR)).json()
-    return next(d for d in detail["recipients"][0]["deliveries"] if d["channel"] == "webhook")  # type: ignore[no-any-return]
+    return retrying_settings(tmp_path, db_url, retry)
 
 
 def test_a_receiver_that_fails_first_gets_it_on_a_later_try(
@@ -53,11 +44,8 @@ def test_a_receiver_that_fails_first_gets_it_on_a_later_try(
     tenant_b: TenantFixture,
     hook_receiver: HookReceiver,  # noqa: F811 - fixture use
 ) -> None:
-    set_contact(client, tenant_b, hook_receiver.url)
-    hook_receiver.statuses = [503, 502]  # unwell twice, then 200
-    bulletin = publish(client, tenant_a, tenant_ids=[tenant_b.id]).json()
-    wait_until(lambda: webhook_of(client, tenant_a, bulletin["id"])["status"] == "sent")
-    delivery = webhook_of(client, tenant_a, bulletin["id"])
+    hook_contact(client, tenant_b, hook_receiver, [503, 502])  # unwell twice, then 200
+    _, delivery = publish_until(client, tenant_a, tenant_b, "sent")
     assert delivery["attempts"] == 3
     assert delivery["error"] == ""
     assert delivery["sent_at"]
@@ -78,11 +66,8 @@ def test_a_receiver_that_never_recovers_is_given_up_with_the_reason(
     tenant_b: TenantFixture,
     hook_receiver: HookReceiver,  # noqa: F811 - fixture use
 ) -> None:
-    set_contact(client, tenant_b, hook_receiver.url)
-    hook_receiver.statuses = [503] * 10
-    bulletin = publish(client, tenant_a, tenant_ids=[tenant_b.id]).json()
-    wait_until(lambda: webhook_of(client, tenant_a, bulletin["id"])["status"] == "failed")
-    delivery = webhook_of(client, tenant_a, bulletin["id"])
+    hook_contact(client, tenant_b, hook_receiver, [503] * 10)
+    bulletin_id, delivery = publish_until(client, tenant_a, tenant_b, "failed")
     assert delivery["attempts"] == ATTEMPTS
     assert delivery["error"].startswith(f"gave up after {ATTEMPTS} attempts")
     assert "503" in delivery["error"]
@@ -90,9 +75,8 @@ def test_a_receiver_that_never_recovers_is_given_up_with_the_reason(
     # The operator may still send it again by hand, once the receiver is well.
     hook_receiver.statuses = []
     operator = tenant_a.headers(Role.PLATFORM_OPERATOR)
-    assert client.post(f"{API}/bulletins/{bulletin['id']}/redeliver", headers=operator).status_code == 200
-    wait_until(lambda: webhook_of(client, tenant_a, bulletin["id"])["status"] == "sent")
-    assert webhook_of(client, tenant_a, bulletin["id"])["attempts"] == ATTEMPTS + 1
+    assert client.post(f"{API}/bulletins/{bulletin_id}/redeliver", headers=operator).status_code == 200
+    assert wait_for_webhook(client, tenant_a, bulletin_id, "sent")["attempts"] == ATTEMPTS + 1
 
 
 def test_a_refusal_is_not_retried(
@@ -102,11 +86,9 @@ def test_a_refusal_is_not_retried(
     tenant_b: TenantFixture,
     hook_receiver: HookReceiver,  # noqa: F811 - fixture use
 ) -> None:
-    set_contact(client, tenant_b, hook_receiver.url)
-    hook_receiver.statuses = [410]
-    bulletin = publish(client, tenant_a, tenant_ids=[tenant_b.id]).json()
-    wait_until(lambda: webhook_of(client, tenant_a, bulletin["id"])["status"] == "failed")
-    assert webhook_of(client, tenant_a, bulletin["id"])["attempts"] == 1
+    hook_contact(client, tenant_b, hook_receiver, [410])
+    _, delivery = publish_until(client, tenant_a, tenant_b, "failed")
+    assert delivery["attempts"] == 1
     assert client.portal is not None
     assert client.portal.call(DeliveryRetrier(runtime).check) == 0  # nothing is waiting for a retry
     assert len(hook_receiver.received) == 1

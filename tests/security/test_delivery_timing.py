@@ -23,9 +23,7 @@ from tests.alarms.notify.conftest import (  # real peers, shared with the alarm 
     hook_receiver,  # noqa: F401 - fixture
 )
 from tests.conftest import TenantFixture
-from tests.security.support import wait_until
-from tests.security.test_bulletins import publish, set_contact
-from tests.security.test_delivery_retry import webhook_of
+from tests.security.support import hook_contact, publish_until, retrying_settings
 
 BASE_S = 60.0
 
@@ -35,9 +33,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
     retry = SecuritySettings(
         delivery_max_attempts=5, delivery_retry_base_s=BASE_S, delivery_retry_max_s=900.0, delivery_check_s=3600.0
     )
-    return Settings(
-        data_dir=tmp_path / "var", database_url=db_url, log_format="text", log_level="WARNING", security=retry
-    )
+    return retrying_settings(tmp_path, db_url, retry)
 
 
 def _row(runtime: Runtime, delivery_id: str) -> BulletinDelivery:
@@ -46,6 +42,12 @@ def _row(runtime: Runtime, delivery_id: str) -> BulletinDelivery:
         assert row is not None
         session.expunge(row)
         return row
+
+
+def _next_try(row: BulletinDelivery) -> dt.datetime:
+    """When the row is to be tried next (it must be waiting), aware of its zone."""
+    assert row.next_attempt_at is not None
+    return row.next_attempt_at.replace(tzinfo=row.next_attempt_at.tzinfo or dt.UTC)
 
 
 def _check_at(client: TestClient, runtime: Runtime, moment: dt.datetime) -> int:
@@ -62,16 +64,11 @@ def test_a_failed_delivery_waits_its_backoff_from_the_failure_across_restarts(
     tenant_b: TenantFixture,
     hook_receiver: HookReceiver,  # noqa: F811 - fixture use
 ) -> None:
-    set_contact(client, tenant_b, hook_receiver.url)
-    hook_receiver.statuses = [503, 502]  # unwell twice, then 200
+    hook_contact(client, tenant_b, hook_receiver, [503, 502])  # unwell twice, then 200
     before = dt.datetime.now(dt.UTC)
-    bulletin = publish(client, tenant_a, tenant_ids=[tenant_b.id]).json()
-    wait_until(lambda: webhook_of(client, tenant_a, bulletin["id"])["status"] == "retrying")
+    _, delivery = publish_until(client, tenant_a, tenant_b, "retrying")
     after = dt.datetime.now(dt.UTC)
-    delivery = webhook_of(client, tenant_a, bulletin["id"])
-    row = _row(runtime, delivery["id"])
-    assert row.next_attempt_at is not None
-    first_due = row.next_attempt_at.replace(tzinfo=row.next_attempt_at.tzinfo or dt.UTC)
+    first_due = _next_try(_row(runtime, delivery["id"]))
     assert before + dt.timedelta(seconds=BASE_S) <= first_due <= after + dt.timedelta(seconds=BASE_S)
     assert dt.datetime.fromisoformat(delivery["next_attempt_at"]) == first_due
 
@@ -87,9 +84,8 @@ def test_a_failed_delivery_waits_its_backoff_from_the_failure_across_restarts(
     assert len(hook_receiver.received) == 2
     row = _row(runtime, delivery["id"])
     assert (row.status, row.attempts) == ("retrying", 2)
-    assert row.next_attempt_at is not None
     second_due = second_try + dt.timedelta(seconds=2 * BASE_S)
-    assert row.next_attempt_at.replace(tzinfo=row.next_attempt_at.tzinfo or dt.UTC) == second_due
+    assert _next_try(row) == second_due
 
     assert _check_at(client, runtime, second_due - dt.timedelta(seconds=1)) == 0
     assert len(hook_receiver.received) == 2
@@ -107,21 +103,16 @@ def test_a_delivery_claimed_by_a_process_that_died_is_sent_after_the_stale_time(
     tenant_b: TenantFixture,
     hook_receiver: HookReceiver,  # noqa: F811 - fixture use
 ) -> None:
-    set_contact(client, tenant_b, hook_receiver.url)
-    hook_receiver.statuses = [503]
-    bulletin = publish(client, tenant_a, tenant_ids=[tenant_b.id]).json()
-    wait_until(lambda: webhook_of(client, tenant_a, bulletin["id"])["status"] == "retrying")
-    delivery_id = webhook_of(client, tenant_a, bulletin["id"])["id"]
-    due = _row(runtime, delivery_id).next_attempt_at
-    assert due is not None
-    due = due.replace(tzinfo=due.tzinfo or dt.UTC)
+    hook_contact(client, tenant_b, hook_receiver, [503])
+    _, delivery = publish_until(client, tenant_a, tenant_b, "retrying")
+    delivery_id = delivery["id"]
+    due = _next_try(_row(runtime, delivery_id))
     # A process claims it and dies before sending: the row is pending with a later time.
     retrier = DeliveryRetrier(runtime, clock=lambda: due)
     assert retrier._claim(retrier._due(due), due) == [delivery_id]
     stale = _row(runtime, delivery_id)
     assert stale.status == "pending"
-    assert stale.next_attempt_at is not None
-    stale_at = stale.next_attempt_at.replace(tzinfo=stale.next_attempt_at.tzinfo or dt.UTC)
+    stale_at = _next_try(stale)
     assert stale_at == due + dt.timedelta(seconds=STALE_PENDING_S)
     assert _check_at(client, runtime, stale_at - dt.timedelta(seconds=1)) == 0
     assert _check_at(client, runtime, stale_at) == 1

@@ -1,5 +1,6 @@
 """A real HTTP receiver for subscription deliveries, and what the subscription tests share: the
-subscriber that sets subscriptions up against it, events captured, subscriptions as stored."""
+subscriber that sets subscriptions up against it, events captured, subscriptions as stored, and what
+a delivery round is expected to have sent."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from iip.kernel.db import Database
 from iip.kernel.sealing import Sealer
 from iip.traceability.models import Subscription
 from iip.traceability.query_service import QueryService
+from iip.traceability.subscription_delivery import SubscriptionDelivery
 from iip.traceability.subscriptions import SubscriptionRequest, SubscriptionService
 from tests.traceability.query_support import capture_events
 
@@ -188,3 +190,38 @@ def stored(db: Database, subscription_id: str) -> Subscription:
         row = session.get(Subscription, subscription_id)
         assert row is not None
         return row
+
+
+def next_attempt(db: Database, subscription_id: str) -> dt.datetime:
+    """When the subscription is next due (it must be due some time)."""
+    due = stored(db, subscription_id).next_attempt_at
+    assert due is not None
+    return due
+
+
+async def assert_round_delivers(
+    delivery: SubscriptionDelivery, receiver: Receiver, delivered: dict[str, int], event_ids: list[str]
+) -> None:
+    """A round delivers `delivered` (events per subscription id), and every request the receiver has had
+    carried exactly `event_ids`."""
+    report = await delivery.run_round()
+    assert report.delivered == delivered
+    assert receiver.received
+    assert all(r.event_ids == event_ids for r in receiver.received)
+
+
+async def assert_round_sends_nothing(delivery: SubscriptionDelivery, receiver: Receiver, *, received: int = 0) -> None:
+    """A round delivers to no subscription, and the receiver has had `received` requests in all."""
+    assert (await delivery.run_round()).delivered == {}
+    assert len(receiver.received) == received
+
+
+async def assert_empty_report(
+    delivery: SubscriptionDelivery, receiver: Receiver, subscription_id: str, *, received: int
+) -> None:
+    """A round sends `subscription_id` (and no other) a report with no events, the `received`-th request."""
+    report = await delivery.run_round()
+    assert report.delivered == {subscription_id: 0}
+    assert receiver.received[-1].results["subscriptionID"] == subscription_id
+    assert receiver.received[-1].event_ids == []
+    assert len(receiver.received) == received

@@ -21,7 +21,18 @@ from iip.traceability.subscription_schedule import ScheduleError, parse_schedule
 from iip.traceability.subscription_schemas import SubscriptionOut
 from tests.api.support import assert_problem
 from tests.conftest import TenantFixture
-from tests.traceability.subscription_support import Clock, Receiver, Subscriber, capture, object_event, stored
+from tests.traceability.subscription_support import (
+    Clock,
+    Receiver,
+    Subscriber,
+    assert_empty_report,
+    assert_round_delivers,
+    assert_round_sends_nothing,
+    capture,
+    next_attempt,
+    object_event,
+    stored,
+)
 
 UTC = dt.UTC
 
@@ -176,21 +187,16 @@ async def test_a_cron_schedule_delivers_at_its_times_and_reports_empty_results_w
     after = utcnow()
     ids = capture(db, tenant, object_event())
 
-    assert (await delivery.run_round()).delivered == {}  # not yet time
-    assert receiver.received == []
-    first = stored(db, reporting).next_attempt_at
-    assert first is not None
+    await assert_round_sends_nothing(delivery, receiver)  # not yet time
+    first = next_attempt(db, reporting)
     assert first == stored(db, quiet).next_attempt_at
     assert first.second == 0
     assert before < first <= next_minute(after)  # the next minute after the subscription was made
-    daily_at = stored(db, daily).next_attempt_at
-    assert daily_at is not None
+    daily_at = next_attempt(db, daily)
     assert (daily_at.hour, daily_at.minute, daily_at.second) == (1, 5, 0)
 
     clock.move_to(first)
-    report = await delivery.run_round()
-    assert report.delivered == {reporting: 1, quiet: 1}
-    assert all(r.event_ids == ids for r in receiver.received)
+    await assert_round_delivers(delivery, receiver, {reporting: 1, quiet: 1}, ids)
     for subscription_id in (reporting, quiet):
         row = stored(db, subscription_id)
         assert row.next_attempt_at == first + dt.timedelta(minutes=1)
@@ -203,11 +209,7 @@ async def test_a_cron_schedule_delivers_at_its_times_and_reports_empty_results_w
     assert dt.datetime.fromisoformat(shown["lastNotifiedAt"]) == first
 
     clock.move(60)
-    report = await delivery.run_round()
-    assert report.delivered == {reporting: 0}  # an empty report, for the one that asked for it
-    assert receiver.received[-1].results["subscriptionID"] == reporting
-    assert receiver.received[-1].event_ids == []
-    assert len(receiver.received) == 3
+    await assert_empty_report(delivery, receiver, reporting, received=3)  # for the one that asked for it
     assert stored(db, quiet).next_attempt_at == first + dt.timedelta(minutes=2)
     assert stored(db, quiet).last_notified_at == first
 
@@ -219,8 +221,7 @@ async def test_a_cron_schedule_delivers_at_its_times_and_reports_empty_results_w
     assert [r.event_ids for r in receiver.received[3:]] == [later, later]
     for subscription_id in (reporting, quiet):
         assert stored(db, subscription_id).next_attempt_at == next_minute(clock.now)
-    assert (await delivery.run_round()).delivered == {}
-    assert len(receiver.received) == 5
+    await assert_round_sends_nothing(delivery, receiver, received=5)
 
 
 async def test_a_failed_scheduled_delivery_is_retried_then_keeps_its_schedule(
@@ -235,8 +236,7 @@ async def test_a_failed_scheduled_delivery_is_retried_then_keeps_its_schedule(
     db, tenant = migrated_db, tenant_a.id
     subscription_id, _ = subscriber.subscribe(stream=None, schedule={"second": "0"})
     ids = capture(db, tenant, object_event())
-    first = stored(db, subscription_id).next_attempt_at
-    assert first is not None
+    first = next_attempt(db, subscription_id)
     clock.move_to(first)
     receiver.answer(500)
 
@@ -271,11 +271,8 @@ async def test_an_interval_still_delivers_every_n_seconds(
     db, tenant = migrated_db, tenant_a.id
     subscription_id, _ = subscriber.subscribe(stream=None, schedule_seconds=90)
     ids = capture(db, tenant, object_event())
-    due = stored(db, subscription_id).next_attempt_at
-    assert due is not None
-    clock.move_to(due)
-    assert (await delivery.run_round()).delivered == {subscription_id: 1}
-    assert receiver.received[0].event_ids == ids
+    clock.move_to(next_attempt(db, subscription_id))
+    await assert_round_delivers(delivery, receiver, {subscription_id: 1}, ids)
     row = stored(db, subscription_id)
     assert (row.next_attempt_at, row.last_notified_at) == (clock.now + dt.timedelta(seconds=90), clock.now)
     assert answer(db, subscription_id)["scheduleSeconds"] == 90

@@ -48,6 +48,9 @@ from tests.traceability.subscription_support import (
     Receiver,
     Subscriber,
     actor,
+    assert_empty_report,
+    assert_round_delivers,
+    assert_round_sends_nothing,
     capture,
     object_event,
     stored,
@@ -99,8 +102,7 @@ async def test_events_captured_after_subscribing_arrive_signed_in_order_once(
     assert got.headers["gs1-epcis-version"] == "2.0.0"
 
     # Once: a round with nothing new sends nothing; the next event goes alone.
-    assert (await delivery.run_round()).delivered == {}
-    assert len(receiver.received) == 1
+    await assert_round_sends_nothing(delivery, receiver, received=1)
     third = capture(db, tenant, object_event())
     await delivery.run_round()
     assert [r.event_ids for r in receiver.received] == [[first[0], first[2], second[0]], third]
@@ -151,8 +153,7 @@ async def test_a_refused_delivery_comes_again_and_the_cursor_moves_only_after_a_
     assert "receiver says no" in failed.last_error
     assert failed.next_attempt_at == clock.now + dt.timedelta(seconds=1)
     # Not before its backoff has run out.
-    assert (await delivery.run_round()).delivered == {}
-    assert len(receiver.received) == 1
+    await assert_round_sends_nothing(delivery, receiver, received=1)
 
     clock.move(1)
     report = await delivery.run_round()
@@ -192,11 +193,8 @@ async def test_backoff_doubles_up_to_its_cap_and_never_skips(
     assert waits == [1.0, 2.0, 4.0, 8.0, 8.0]
     assert stored(db, subscription_id).attempts == 5
 
-    report = await delivery.run_round()
-
-    assert report.delivered == {subscription_id: 1}
+    await assert_round_delivers(delivery, receiver, {subscription_id: 1}, ids)
     assert [r.status for r in receiver.received] == [503] * 5 + [200]
-    assert all(r.event_ids == ids for r in receiver.received)
 
 
 async def test_a_413_halves_the_batch(
@@ -235,24 +233,17 @@ async def test_a_schedule_delivers_at_its_times_and_reports_empty_results_when_a
     quiet, _ = subscriber.subscribe(stream=None, schedule_seconds=60)
     ids = capture(db, tenant, object_event())
 
-    assert (await delivery.run_round()).delivered == {}  # not yet time
-    assert receiver.received == []
+    await assert_round_sends_nothing(delivery, receiver)  # not yet time
 
     first_times = [stored(db, reporting).next_attempt_at, stored(db, quiet).next_attempt_at]
     assert all(at is not None and at > clock.now for at in first_times)
     clock.move_to(max(at for at in first_times if at is not None))  # a schedule counts from its creation
-    report = await delivery.run_round()
-    assert report.delivered == {reporting: 1, quiet: 1}
+    await assert_round_delivers(delivery, receiver, {reporting: 1, quiet: 1}, ids)
     assert sorted(r.results["subscriptionID"] for r in receiver.received) == sorted([reporting, quiet])
-    assert all(r.event_ids == ids for r in receiver.received)
     assert stored(db, quiet).next_attempt_at == clock.now + dt.timedelta(seconds=60)
 
     clock.move(60)
-    report = await delivery.run_round()
-    assert report.delivered == {reporting: 0}  # an empty report, for the one that asked for it
-    assert receiver.received[-1].results["subscriptionID"] == reporting
-    assert receiver.received[-1].event_ids == []
-    assert len(receiver.received) == 3
+    await assert_empty_report(delivery, receiver, reporting, received=3)  # for the one that asked for it
     assert stored(db, quiet).next_attempt_at == clock.now + dt.timedelta(seconds=60)
 
 
@@ -266,8 +257,7 @@ async def test_a_query_matching_nothing_moves_the_cursor_without_a_delivery(
 ) -> None:
     subscription_id, _ = subscriber.subscribe(query={"EQ_bizStep": ["receiving"]})
     ids = capture(migrated_db, tenant_a.id, object_event(), object_event())
-    assert (await delivery.run_round()).delivered == {}
-    assert receiver.received == []
+    await assert_round_sends_nothing(delivery, receiver)
     assert stored(migrated_db, subscription_id).after_event == row_id(migrated_db, tenant_a.id, ids[-1])
     later = capture(migrated_db, tenant_a.id, object_event("receiving"))
     await delivery.run_round()
