@@ -60,7 +60,7 @@ from iip.alarms.schemas import (
     RuleVersionOut,
 )
 from iip.kernel import audit
-from iip.kernel.auth import AccessService, Principal, Role, new_id, tenant_to_read
+from iip.kernel.auth import Principal, Role, TenantScoped, new_id
 from iip.kernel.bus import Bus
 from iip.kernel.db import utcnow
 from iip.kernel.documents import read_document
@@ -351,7 +351,7 @@ def enabled_rules(session: Session, tenant_id: str | None = None) -> list[Versio
 # --- the service
 
 
-class AlarmService:
+class AlarmService(TenantScoped):
     """Rules and alarms of the actor's tenant (every tenant for platform operators)."""
 
     def __init__(
@@ -376,16 +376,8 @@ class AlarmService:
         """The tenant reads are limited to; None: every tenant (platform operators)."""
         return None if self.actor.is_platform else self.actor.tenant_id
 
-    def _scope(self, tenant_id: str | None) -> str | None:
-        """The tenant a read is limited to: a platform operator may name one."""
-        return tenant_to_read(self.actor, tenant_id)
-
-    def tenant_for(self, tenant_id: str | None) -> str:
-        """The tenant a new object goes to: the actor's own, or (platform operators) the one named."""
-        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
-
     def _visible(self, row: Rule | Alarm | None) -> bool:
-        return row is not None and (self.actor.is_platform or row.tenant_id == self.actor.tenant_id)
+        return row is not None and self._may_see(row.tenant_id)
 
     # --- rules
 

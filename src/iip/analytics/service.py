@@ -53,7 +53,7 @@ from iip.analytics.training import (
     telemetry_sources,
 )
 from iip.kernel import audit
-from iip.kernel.auth import AccessService, Principal, new_id, tenant_to_read
+from iip.kernel.auth import Principal, TenantScoped, new_id
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, Invalid, NotFound
 from iip.kernel.runtime import Runtime
@@ -152,7 +152,7 @@ class Contributions:
         return {name: top_variables(values) for name, values in self.shares.items()}
 
 
-class AnalyticsService:
+class AnalyticsService(TenantScoped):
     def __init__(
         self, session: Session, actor: Principal, *, runtime: Runtime | None = None, clock: Clock = utcnow
     ) -> None:
@@ -163,15 +163,8 @@ class AnalyticsService:
 
     # --- scoping
 
-    def _scope(self, tenant_id: str | None) -> str | None:
-        return tenant_to_read(self.actor, tenant_id)
-
-    def tenant_for(self, tenant_id: str | None) -> str:
-        """The tenant a new object goes to: the actor's own, or (platform operators) the one named."""
-        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
-
     def _visible(self, row: Model | None) -> bool:
-        return row is not None and (self.actor.is_platform or row.tenant_id == self.actor.tenant_id)
+        return row is not None and self._may_see(row.tenant_id)
 
     # --- reading the registry
 

@@ -191,6 +191,25 @@ def tenant_to_read(actor: Principal, tenant_id: str | None) -> str | None:
     return actor.tenant_id
 
 
+class TenantScoped:
+    """What a context's use-case class acting for `actor` in `session` shares: which tenant its reads
+    are limited to, where new objects go, and whether it may see an object of a given tenant."""
+
+    session: Session
+    actor: Principal
+
+    def _scope(self, tenant_id: str | None) -> str | None:
+        """The tenant a read is limited to: a platform operator may name one (None: every tenant)."""
+        return tenant_to_read(self.actor, tenant_id)
+
+    def tenant_for(self, tenant_id: str | None) -> str:
+        """The tenant a new object goes to: the actor's own, or (platform operators) the one named."""
+        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
+
+    def _may_see(self, tenant_id: str) -> bool:
+        return self.actor.is_platform or tenant_id == self.actor.tenant_id
+
+
 class AccessService:
     """Tenants, users and API keys. Callers pass the acting principal; scoping is enforced here."""
 

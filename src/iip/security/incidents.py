@@ -102,7 +102,7 @@ class IncidentService(ScopedService):
     def get_incident(self, incident_id: str) -> Incident:
         self._read()
         row = self.session.get(Incident, incident_id[:32])
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"incident '{incident_id[:40]}' not found", code="incident_not_found")
         return row
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from iip.kernel import audit
-from iip.kernel.auth import AccessService, Principal, tenant_to_read
+from iip.kernel.auth import Principal, TenantScoped
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Forbidden, Invalid
 from iip.kernel.settings import Settings
@@ -32,7 +32,7 @@ def parse_choice(value: str, choices: type[Severity] | type[Remediation] | type[
         raise Invalid(f"{what} must be one of {allowed}, not '{value[:40]}'", code=f"{what}_invalid") from None
 
 
-class ScopedService:
+class ScopedService(TenantScoped):
     """A session and the principal acting in it: whose objects it sees, what it may change."""
 
     def __init__(
@@ -47,16 +47,6 @@ class ScopedService:
         self.actor = actor
         self.settings = settings
         self.clock = clock
-
-    def _scope(self, tenant_id: str | None) -> str | None:
-        return tenant_to_read(self.actor, tenant_id)
-
-    def tenant_for(self, tenant_id: str | None) -> str:
-        """The tenant a new object goes to: the actor's own, or (platform operators) the one named."""
-        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
-
-    def _visible(self, tenant_id: str) -> bool:
-        return self.actor.is_platform or tenant_id == self.actor.tenant_id
 
     def _read(self) -> None:
         self.actor.require("security.read")

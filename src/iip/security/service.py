@@ -215,7 +215,7 @@ class SecurityService(ScopedService):
     def get_asset(self, asset_id: str) -> Asset:
         self._read()
         row = self.session.get(Asset, asset_id[:32])
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"asset '{asset_id[:40]}' not found", code="asset_not_found")
         return row
 
@@ -341,7 +341,7 @@ class SecurityService(ScopedService):
     def get_alert(self, alert_id: str) -> Alert:
         self._read()
         row = self.session.get(Alert, alert_id[:32])
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"alert '{alert_id[:40]}' not found", code="alert_not_found")
         return row
 
@@ -414,7 +414,7 @@ class SecurityService(ScopedService):
     def get_baseline(self, baseline_id: str) -> Baseline:
         self._read()
         row = self.session.get(Baseline, baseline_id[:32])
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"baseline '{baseline_id[:40]}' not found", code="baseline_not_found")
         return row
 
@@ -511,7 +511,7 @@ class SecurityService(ScopedService):
     def get_capture(self, capture_id: str) -> Capture:
         self._read()
         row = self.session.get(Capture, capture_id[:32])
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"capture '{capture_id[:40]}' not found", code="capture_not_found")
         return row
 
@@ -623,7 +623,7 @@ class SecurityService(ScopedService):
         """Mark a match patched or accepted (the risk taken knowingly), or "" to reopen it."""
         self._write()
         row = self.session.get(AdvisoryMatch, match_id[:32])
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"match '{match_id[:40]}' not found", code="match_not_found")
         try:
             row.resolution = Resolution(resolution).value

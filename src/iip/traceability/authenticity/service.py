@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from iip.alarms.public import ALARM_EVENTS, AlarmEvent
-from iip.kernel.auth import AccessService, Principal, new_id, tenant_to_read
+from iip.kernel.auth import Principal, TenantScoped, new_id
 from iip.kernel.bus import Bus
 from iip.kernel.db import utcnow
 from iip.kernel.errors import Conflict, Invalid, NotFound
@@ -148,7 +148,7 @@ class BatchState:
     example_uri: str | None
 
 
-class CodeService:
+class CodeService(TenantScoped):
     """What operators do with codes, scoped to the acting principal's tenant."""
 
     def __init__(self, session: Session, actor: Principal, settings: Settings, *, clock: Clock = utcnow) -> None:
@@ -156,17 +156,6 @@ class CodeService:
         self.actor = actor
         self.settings = settings
         self.clock = clock
-
-    # scoping
-
-    def _scope(self, tenant_id: str | None) -> str | None:
-        return tenant_to_read(self.actor, tenant_id)
-
-    def tenant_for(self, tenant_id: str | None) -> str:
-        return AccessService(self.session).tenant_to_write(self.actor, tenant_id)
-
-    def _visible(self, tenant_id: str) -> bool:
-        return self.actor.is_platform or tenant_id == self.actor.tenant_id
 
     # policy
 
@@ -268,7 +257,7 @@ class CodeService:
     def get_batch(self, batch_id: str) -> CodeBatch:
         self.actor.require("traceability.read")
         row = self.session.get(CodeBatch, batch_id)
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"code batch {batch_id} not found", code="code_batch_not_found")
         return row
 
@@ -356,7 +345,7 @@ class CodeService:
     def get_mark(self, mark_id: str) -> CodeMark:
         self.actor.require("traceability.read")
         row = self.session.get(CodeMark, mark_id)
-        if row is None or not self._visible(row.tenant_id):
+        if row is None or not self._may_see(row.tenant_id):
             raise NotFound(f"mark {mark_id} not found", code="code_mark_not_found")
         return row
 
