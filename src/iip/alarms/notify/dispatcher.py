@@ -211,6 +211,7 @@ class NotificationDispatcher:
         self._limit = asyncio.Semaphore(CONCURRENCY)
         self._waiting: list[tuple[AlarmChange, asyncio.Future[list[str]]]] = []
         self._recording: asyncio.Task[None] | None = None
+        self._handing = 0  # bus handlers between taking a change and starting its sends
         self._full: set[tuple[str, dt.datetime, int]] = set()  # rate windows whose limit is reached
 
     # --- running
@@ -249,13 +250,14 @@ class NotificationDispatcher:
 
     async def drain(self) -> None:
         """Wait for the changes being recorded and the messages being sent now (those the bus handler started)."""
-        while self._recording is not None or self._sending:
+        while self._recording is not None or self._handing or self._sending:
             if self._recording is not None:
                 with contextlib.suppress(Exception):
                     await self._recording
+            elif self._handing:
                 await asyncio.sleep(0)  # the consumers hand what was recorded to senders
-                continue
-            await asyncio.gather(*list(self._sending), return_exceptions=True)
+            else:
+                await asyncio.gather(*list(self._sending), return_exceptions=True)
 
     async def _check_periodically(self) -> None:
         while True:
@@ -279,8 +281,12 @@ class NotificationDispatcher:
 
     async def on_change(self, delivery: BusDelivery[AlarmChange]) -> None:
         """The bus handler: store what the change makes (raising on a database error, for redelivery), send it."""
-        for delivery_id in await self._recorded(delivery.payload):
-            self._spawn(self.deliver(delivery_id))
+        self._handing += 1
+        try:
+            for delivery_id in await self._recorded(delivery.payload):
+                self._spawn(self.deliver(delivery_id))
+        finally:
+            self._handing -= 1
 
     async def handle(self, change: AlarmChange) -> dict[str, str]:
         """Store and send what one change makes, waiting for the sending: delivery id -> status."""
