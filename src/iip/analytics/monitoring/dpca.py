@@ -23,7 +23,7 @@ from iip.analytics.monitoring.base import (
     pad_front,
     register,
 )
-from iip.analytics.monitoring.pca import PcaBasis, check_components, no_more, pca_statistics
+from iip.analytics.monitoring.pca import PcaBasis, check_components, no_more
 
 
 def lagged_segments(segments: Sequence[FloatArray], lags: int) -> FloatArray:
@@ -132,6 +132,6 @@ class DpcaMonitor(Monitor):
 
 
 def dpca_statistics(basis: PcaBasis, rows: FloatArray, lags: int) -> dict[str, FloatArray]:
-    statistics = pca_statistics(basis, lag_matrix(rows, lags))
+    t2, spe = basis.t2_spe(basis.scaled(lag_matrix(rows, lags)))
     count = min(lags, rows.shape[0])
-    return {name: pad_front(values, count) for name, values in statistics.items()}
+    return {"t2": pad_front(t2, count), "spe": pad_front(spe, count)}

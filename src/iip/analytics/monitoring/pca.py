@@ -256,25 +256,8 @@ class PcaMonitor(Monitor):
         )
 
 
-# Bytes of rows scored at a time. A chunk's temporaries (scaled rows, scores, residuals) then stay
-# below glibc's 128 KiB mmap threshold and come from the heap, not from fresh pages zeroed on every
-# call: 10,000 rows of 52 variables in one go scored four times slower per row (bench/analytics_scoring.py).
-CHUNK_BYTES = 96 * 1024
-
-
-def chunk_rows(width: int) -> int:
-    return max(32, CHUNK_BYTES // (8 * max(width, 1)))
-
-
 def pca_statistics(basis: PcaBasis, rows: FloatArray) -> dict[str, FloatArray]:
-    n, step = rows.shape[0], chunk_rows(rows.shape[1])
-    if n <= step:
-        t2, spe = basis.t2_spe(basis.scaled(rows))
-        return {"t2": t2, "spe": spe}
-    t2, spe = np.empty(n), np.empty(n)
-    for start in range(0, n, step):
-        stop = start + step
-        t2[start:stop], spe[start:stop] = basis.t2_spe(basis.scaled(rows[start:stop]))
+    t2, spe = basis.t2_spe(basis.scaled(rows))
     return {"t2": t2, "spe": spe}
 
 
