@@ -7,18 +7,21 @@ Two implementations keep one contract (tests/kernel/test_bus_contract.py runs on
   explicit acks, so a message a crashed worker took is redelivered.
 
 Contract:
-* `publish` sends a pydantic model to a `Subject`; payloads travel as JSON bytes.
+* `publish` sends a pydantic model to a `Subject`; payloads travel as JSON bytes, or in the subject's
+  `Codec` when it has one (a subject whose volume makes JSON too costly, e.g. `telemetry.points`).
 * `subscribe(subject, handler, durable=...)` creates (or resumes) a durable consumer. Every durable
   gets every message published after it was first created; subscribers sharing a durable share the
   work. A handler that returns acks the message; one that raises has it redelivered, up to
   `max_deliver` attempts, after which it is dead-lettered. A payload that does not parse is
-  dead-lettered at once. Dead letters go to `DEAD_LETTERS` with the reason and the raw data.
+  dead-lettered at once. Dead letters go to `DEAD_LETTERS` with the reason and the raw data (as text
+  when it is UTF-8, else base64: `DeadLetter.raw()` gives the bytes back).
 * `Subscription.stop()` stops consuming; what was taken and not acked is delivered again later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import logging
@@ -27,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -38,12 +41,28 @@ M = TypeVar("M", bound=BaseModel)
 SUBJECT_PREFIX = "iip."
 
 
+class Codec(Protocol[M]):
+    """How a subject's payloads become bytes and back, instead of pydantic JSON.
+
+    `decode` raises ValueError (pydantic's ValidationError is one) for data it refuses, with a message
+    that says what is wrong: the bus dead-letters such a message at once.
+    """
+
+    def encode(self, payload: M) -> bytes: ...
+
+    def decode(self, data: bytes) -> M: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Subject(Generic[M]):
-    """A named channel carrying one payload type, e.g. `Subject("telemetry.points", PointBatch)`."""
+    """A named channel carrying one payload type, e.g. `Subject("telemetry.points", PointBatch)`.
+
+    Payloads travel as pydantic JSON unless the subject names a `codec`.
+    """
 
     name: str
     model: type[M]
+    codec: Codec[M] | None = None
 
     def __post_init__(self) -> None:
         parts = self.name.split(".")
@@ -54,7 +73,14 @@ class Subject(Generic[M]):
     def wire_name(self) -> str:
         return SUBJECT_PREFIX + self.name
 
+    def encode(self, payload: M) -> bytes:
+        if self.codec is not None:
+            return self.codec.encode(payload)
+        return payload.model_dump_json().encode()
+
     def decode(self, data: bytes) -> M:
+        if self.codec is not None:
+            return self.codec.decode(data)
         return self.model.model_validate_json(data)
 
 
@@ -79,6 +105,17 @@ class DeadLetter(BaseModel):
     attempts: int
     data: str
     failed_at: dt.datetime
+    # Letters written before binary payloads existed have no field: their data is UTF-8 text.
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+    def raw(self) -> bytes:
+        """The bytes that failed, as they were published (to publish them again once fixed).
+
+        Letters without `encoding` had what was not UTF-8 replaced by U+FFFD: those bytes are lost.
+        """
+        if self.encoding == "base64":
+            return base64.b64decode(self.data, validate=True)
+        return self.data.encode("utf-8")
 
 
 DEAD_LETTERS: Subject[DeadLetter] = Subject("deadletter", DeadLetter)
@@ -125,17 +162,23 @@ class Bus(ABC):
     async def publish(self, subject: Subject[M], payload: M, *, message_id: str | None = None) -> None:
         if not isinstance(payload, subject.model):
             raise TypeError(f"subject {subject.name} carries {subject.model.__name__}, not {type(payload).__name__}")
-        await self.publish_bytes(subject.name, payload.model_dump_json().encode(), message_id=message_id)
+        await self.publish_bytes(subject.name, subject.encode(payload), message_id=message_id)
 
 
 def dead_letter(subject: str, durable: str, message_id: str, reason: str, attempts: int, data: bytes) -> DeadLetter:
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:  # a binary frame, or garbage: kept whole so it can be published again
+        text, encoding = base64.b64encode(data).decode("ascii"), "base64"
     return DeadLetter(
         subject=subject,
         durable=durable,
         message_id=message_id,
         reason=reason,
         attempts=attempts,
-        data=data.decode("utf-8", errors="replace"),
+        data=text,
+        encoding=encoding,
         failed_at=dt.datetime.now(dt.UTC),
     )
 
@@ -146,6 +189,15 @@ def describe_failure(err: BaseException) -> str:
         loc = ".".join(str(p) for p in first["loc"]) or "payload"
         return f"malformed payload: {loc}: {first['msg']}"
     return f"{type(err).__name__}: {err}"
+
+
+def describe_malformed(err: BaseException) -> str:
+    """The reason a payload that did not decode is dead-lettered."""
+    if isinstance(err, ValidationError):
+        return describe_failure(err)
+    if isinstance(err, ValueError):
+        return f"malformed payload: {err}"
+    return f"malformed payload: {type(err).__name__}: {err}"
 
 
 # --- in-process implementation ---------------------------------------------------------------
@@ -273,8 +325,8 @@ class MemoryBus(Bus):
         message.attempt += 1
         try:
             payload = subject.decode(message.data)
-        except ValidationError as err:
-            await self._dead_letter(state, message, describe_failure(err))
+        except Exception as err:  # noqa: BLE001 - decoding is pure: a retry would fail the same way
+            await self._dead_letter(state, message, describe_malformed(err))
             return
         try:
             await handler(Delivery(subject.name, payload, message.message_id, message.attempt))

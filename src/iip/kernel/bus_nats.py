@@ -47,6 +47,7 @@ from iip.kernel.bus import (
     Subscription,
     dead_letter,
     describe_failure,
+    describe_malformed,
 )
 
 logger = logging.getLogger(__name__)
@@ -411,8 +412,8 @@ class _NatsSubscription(Subscription, Generic[M]):
             return
         try:
             payload = self._subject.decode(msg.data)
-        except ValueError as err:  # pydantic ValidationError, and anything else that fails to parse
-            await self._dead_letter(msg, message_id, attempt, describe_failure(err))
+        except Exception as err:  # noqa: BLE001 - decoding is pure: a retry would fail the same way
+            await self._dead_letter(msg, message_id, attempt, describe_malformed(err))
             return
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:

@@ -2,7 +2,7 @@
 
 Points travel on the bus in columnar batches (one per tenant): a per-message model costs more to
 encode and validate than the store costs to write, and ingest reaches tens of thousands of points a
-second only in batches.
+second only in batches. The batches travel as binary frames (`iip.telemetry.wire`, ADR 0017).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, Field, model_validator
 
 from iip.kernel.bus import Subject
+from iip.telemetry.wire import PointBatchCodec
 
 
 class Quality(IntEnum):
@@ -133,7 +134,8 @@ class DesiredChange(BaseModel):
     request_id: str
 
 
-TELEMETRY_POINTS: Subject[PointBatch] = Subject("telemetry.points", PointBatch)
+# The plant's whole stream, decoded by every subscriber: a binary frame rather than JSON (ADR 0017).
+TELEMETRY_POINTS: Subject[PointBatch] = Subject("telemetry.points", PointBatch, PointBatchCodec(PointBatch, Quality))
 DEVICE_STATUS: Subject[DeviceStatus] = Subject("devices.status", DeviceStatus)
 TWIN_DESIRED: Subject[DesiredChange] = Subject("telemetry.desired", DesiredChange)
 

@@ -74,7 +74,7 @@ class TelemetryWriter:
                 # Refused whole by the store: no retry can help, and the twins must not show it either.
                 reason = f"refused by the store: {err.message}"
                 logger.error("batch %s of tenant %s %s", delivery.message_id, batch.tenant_id, reason)
-                data = batch.model_dump_json().encode()
+                data = TELEMETRY_POINTS.encode(batch)  # the frame keeps NaN and infinities, JSON would not
                 letter = dead_letter(
                     delivery.subject, self.durable, delivery.message_id, reason, delivery.attempt, data
                 )
