@@ -8,10 +8,11 @@ the normal test run d00_te.dat (about 4% of its samples over the limits, so alar
 block; at most one a second is explained by the variables' contributions, which costs as much as
 scoring hundreds of samples), and the fault 1 run d01_te.dat. Timed: the
 live scorer's whole step (`ScoringRunner.take`: points to samples, complete-sample detection, numpy
-scoring, alarm transitions, contributions, and the score batch written back), and, for the normal
-run, the same with the bus's JSON decode of each batch in front. Baseline, in the same run: the same
-scorer fed one sample per batch, as a stream scored sample by sample would be. BLAS is held to one
-thread; the CPU time of this process is reported beside the wall time (the machine is shared).
+scoring, alarm transitions, contributions, and the score batch written back), and, for the
+in-control stream, the same with the bus's wire decode of each batch in front (the codec of
+`TELEMETRY_POINTS`). Baseline, in the same run: the same scorer fed one sample per batch, as a
+stream scored sample by sample would be. BLAS is held to one thread; the CPU time of this process is
+reported beside the wall time (the machine is shared).
 
     .venv/bin/python bench/analytics_live_scoring.py [--samples 100000] [--batch 1000] [--no-record]
 
@@ -39,7 +40,7 @@ from iip.analytics.monitoring.pca import PcaMonitor
 from iip.analytics.scoring import ScoringRunner
 from iip.analytics.service import DeployedVersion
 from iip.kernel.runtime import Runtime
-from iip.telemetry.public import PointBatch
+from iip.telemetry.public import TELEMETRY_POINTS, PointBatch
 
 TARGET = 100_000
 DEVICE = "tep-1"
@@ -107,9 +108,9 @@ def run(monitor: PcaMonitor, stream: np.ndarray, samples: int, batch: int, *, de
         start = done % stream.shape[0]
         rows = stream[start : start + min(batch, samples - done, stream.shape[0] - start)]
         built = batch_of(rows, done, variables)
-        data = built.model_dump_json().encode() if decode else b""
+        data = TELEMETRY_POINTS.encode(built) if decode else b""
         w, c = time.perf_counter(), time.process_time()
-        payload = PointBatch.model_validate_json(data) if decode else built
+        payload = TELEMETRY_POINTS.decode(data) if decode else built
         outcome = runner.take(payload)
         if outcome is not None:
             outcome.batch()
@@ -138,7 +139,7 @@ def main() -> None:
         cases = [(name, stream, False) for name, stream in runs.items()]
         cases.append(("in-control stream", runs["in-control stream"], True))
         for name, stream, decode in cases:
-            what = f"{name}{', incl. bus JSON decode' if decode else ''}"
+            what = f"{name}{', incl. bus wire decode' if decode else ''}"
             ours_wall, ours_cpu, raised = run(monitor, stream, args.samples, args.batch, decode=decode)
             base_wall, base_cpu, _ = run(monitor, stream, args.baseline_samples, 1, decode=decode)
             ours_rate, base_rate = args.samples / ours_wall, args.baseline_samples / base_wall
