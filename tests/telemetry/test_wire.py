@@ -103,6 +103,29 @@ def test_decoded_columns_are_plain_python_numbers() -> None:
     assert all(type(s) is tuple for s in back.series)
 
 
+def test_columns_as_arrays_match_the_lists_whether_built_or_decoded() -> None:
+    built = sample(300)
+    decoded = TELEMETRY_POINTS.decode(TELEMETRY_POINTS.encode(built))
+    for batch in (built, decoded):
+        columns = batch.columns()
+        assert columns.series_index.tolist() == built.series_index
+        assert columns.ts_ms.dtype == np.int64
+        assert columns.ts_ms.tolist() == built.ts_ms
+        assert columns.value.dtype == np.float64
+        assert columns.value.tolist() == built.value
+        assert columns.quality.tolist() == built.quality
+        assert batch.columns() is columns
+
+
+def test_columns_of_large_codes_fall_back_to_int64() -> None:
+    batch = PointBatch(
+        tenant_id="t", series=[("d", f"m{i}") for i in range(300)], series_index=[299, 0], ts_ms=[1, 2],
+        value=[1.0, 2.0], quality=[0, 0],
+    )  # fmt: skip
+    assert batch.columns().series_index.tolist() == [299, 0]
+    assert batch.columns().series_index.dtype == np.int64
+
+
 def test_an_empty_batch_round_trips() -> None:
     empty = PointBatch(tenant_id="t-1")
     back = TELEMETRY_POINTS.decode(TELEMETRY_POINTS.encode(empty))

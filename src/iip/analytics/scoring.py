@@ -403,14 +403,6 @@ class RulScorer:
 Scorer = LiveScorer | RulScorer
 
 
-def _small_ints(values: list[int]) -> npt.NDArray[np.int64]:
-    """A list of ints as an array; through `bytes` (three times faster) when they all fit in a byte."""
-    try:
-        return np.frombuffer(bytes(values), dtype=np.uint8).astype(np.int64)
-    except ValueError:  # a value past 255 (or below 0)
-        return np.asarray(values, dtype=np.int64)
-
-
 @dataclass(frozen=True)
 class _Change:
     """A condition one scorer raised or cleared."""
@@ -639,10 +631,8 @@ class ScoringRunner:
                 entry[1][j] = column
         if not wanted:
             return None
-        index = _small_ints(batch.series_index)
-        ts = np.fromiter(batch.ts_ms, dtype=np.int64, count=len(batch.ts_ms))
-        values = np.fromiter(batch.value, dtype=np.float64, count=len(batch.value))
-        good = _small_ints(batch.quality) < BAD_QUALITY
+        index, ts, values, quality = batch.columns()
+        good = quality < BAD_QUALITY
         outcome = _Outcome(batch.tenant_id)
         moment = time.monotonic() if now is None else now
         for scorer, lookup in wanted.values():

@@ -10,12 +10,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from iip.kernel.bus import Subject
 from iip.telemetry.wire import PointBatchCodec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 class Quality(IntEnum):
@@ -32,6 +36,15 @@ class Point(NamedTuple):
     ts_ms: int  # Unix epoch, milliseconds, UTC
     value: float
     quality: int = Quality.GOOD
+
+
+class PointColumns(NamedTuple):
+    """A batch's columns as numpy arrays (integer dtypes may be narrower than int64)."""
+
+    series_index: npt.NDArray[np.integer[Any]]
+    ts_ms: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    quality: npt.NDArray[np.integer[Any]]
 
 
 class PointBatch(BaseModel):
@@ -61,14 +74,49 @@ class PointBatch(BaseModel):
             raise ValueError("series_index out of range")
         return self
 
+    # The columns as arrays, once asked for; a decoded frame brings them along (`iip.telemetry.wire`).
+    _columns: PointColumns | None = PrivateAttr(default=None)
+
     def __len__(self) -> int:
         return len(self.series_index)
+
+    def __eq__(self, other: object) -> bool:
+        # The fields only: the cached columns derive from them (and arrays do not compare to a bool).
+        if not isinstance(other, PointBatch):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
+    def columns(self) -> PointColumns:
+        """The columns as numpy arrays, built once per batch: a batch is not changed once built."""
+        if self._columns is None:
+            import numpy as np  # here: importers of this module need not load numpy
+
+            n = len(self.series_index)
+            self._columns = PointColumns(
+                _small_ints(self.series_index),
+                np.fromiter(self.ts_ms, dtype=np.int64, count=n),
+                np.fromiter(self.value, dtype=np.float64, count=n),
+                _small_ints(self.quality),
+            )
+        return self._columns
 
     def points(self) -> Iterator[Point]:
         series = self.series
         for i, ts, value, quality in zip(self.series_index, self.ts_ms, self.value, self.quality, strict=True):
             device, metric = series[i]
             yield Point(device, metric, ts, value, quality)
+
+
+def _small_ints(values: list[int]) -> npt.NDArray[np.integer[Any]]:
+    """Non-negative ints as an array; through `bytes` (three times faster) when they all fit in a byte."""
+    import numpy as np
+
+    try:
+        return np.frombuffer(bytes(values), dtype=np.uint8)
+    except ValueError:  # a value past 255 (or below 0)
+        return np.asarray(values, dtype=np.int64)
 
 
 class PointBatchBuilder:

@@ -127,6 +127,8 @@ class PointBatchCodec:
     def _unframe(self, data: bytes) -> PointBatch:
         import numpy as np  # here, not at the top: importers of telemetry.public need not load it
 
+        from iip.telemetry.public import PointColumns  # public builds this codec: imported once it is loaded
+
         size = len(data)
         if size < _FIXED.size:
             raise FrameError(f"truncated point batch frame: {size} bytes, its fixed part alone is {_FIXED.size}")
@@ -172,7 +174,7 @@ class PointBatchCodec:
                 raise FrameError(
                     f"quality[{first_bad}] = {quality[first_bad]} is not a quality code ({self._quality_names})"
                 )
-        return self._model.model_construct(
+        batch = self._model.model_construct(
             tenant_id=header.tenant_id,
             series=series,
             series_index=index.tolist(),
@@ -182,3 +184,6 @@ class PointBatchCodec:
             attributes=header.attributes,
             source=header.source,
         )
+        # The arrays just read, for consumers that work on arrays (live scoring): no second conversion.
+        batch._columns = PointColumns(index, ts, value, np.frombuffer(quality, dtype=np.uint8))
+        return batch
