@@ -19,7 +19,7 @@ import pytest
 from iip.cli.demo import DEMO_USER, LOGIN_FILE
 from tests.cli.conftest import IIP, free_port, outer_environment
 
-STARTUP_LIMIT_S = 30
+STARTUP_LIMIT_S = 120
 DEMO_LOGIN = re.compile(r"demo login: (\S+) / (\S+) \(tenant (\S+)\)")
 
 
@@ -61,7 +61,7 @@ def running_server(workdir: Path, log_name: str, *options: str) -> Iterator[tupl
             if process.poll() is None:
                 process.terminate()
             try:
-                returncode = process.wait(timeout=30)
+                returncode = process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -29,8 +29,8 @@ from iip.devices.edge.config import load_config
 from iip.devices.edge.outbox import read_counters
 from tests.cli.conftest import IIP, free_port, outer_environment
 
-STARTUP_LIMIT_S = 30.0
-WAIT_S = 20.0
+STARTUP_LIMIT_S = 120.0
+WAIT_S = 60.0
 TENANT = "edge-plant"
 DEVICES: list[dict[str, Any]] = [
     {"key": "press-1", "profile": "press", "gateway": "gw-line-1", "connection": {"seed": 1}},
@@ -106,7 +106,7 @@ def stop_platform(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=120)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

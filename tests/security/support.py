@@ -101,7 +101,7 @@ def collect_alarm_events(client: TestClient, runtime: Runtime, tenant: TenantFix
     return heard, subscription
 
 
-def wait_until(check: Callable[[], bool], within_s: float = 10.0) -> None:
+def wait_until(check: Callable[[], bool], within_s: float = 30.0) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if check():
